@@ -1,0 +1,7 @@
+"""Solving A p = b for 5-point Poisson systems: PCG with classical and learned preconditioners."""
+from .pcg import Preconditioner, SolveResult, pcg
+from .solver import METHODS, PreconditionerUnavailable, Solver, make_preconditioner, solve
+from .system import PoissonSystem
+
+__all__ = ["PoissonSystem", "Preconditioner", "SolveResult", "pcg", "Solver", "solve", "METHODS",
+           "PreconditionerUnavailable", "make_preconditioner"]

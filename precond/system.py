@@ -1,0 +1,198 @@
+"""The Poisson system contract: a symmetric 5-point variable-coefficient Laplacian on a grid.
+
+Cell (i, j) has i along x and j along y; the flat index is k = i * ny + j (C order of an
+(nx, ny) array). Row k of A reads
+
+    (A p)_k = diag_k p_k - cx[i-1,j] p[i-1,j] - cx[i,j] p[i+1,j] - cy[i,j-1] p[i,j-1] - cy[i,j] p[i,j+1]
+
+with cx the coupling to the east neighbour (0 on the last column) and cy to the north
+neighbour (0 on the top row). Dirichlet faces only add to diag. A connected component of
+cells with no Dirichlet face makes A singular, with that component's indicator as a null
+vector; `project` removes those null-space components so solvers work on the range of A.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.csgraph as csgraph
+import torch
+
+
+@dataclass
+class PoissonSystem:
+    """Stencil arrays of A, each shaped (nx, ny), as torch tensors on one device."""
+
+    diag: torch.Tensor
+    cx: torch.Tensor
+    cy: torch.Tensor
+    null_tol: float = 1e-10
+    _null: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not (self.diag.shape == self.cx.shape == self.cy.shape) or self.diag.dim() != 2:
+            raise ValueError(
+                f"diag, cx, cy must share one (nx, ny) shape; got {tuple(self.diag.shape)}, "
+                f"{tuple(self.cx.shape)}, {tuple(self.cy.shape)}")
+        self.cx = self.cx.clone()
+        self.cy = self.cy.clone()
+        self.cx[-1, :] = 0.0
+        self.cy[:, -1] = 0.0
+        self._null = self._null_space()
+
+    # ------------------------------------------------------------------ shape
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.diag.shape[0]), int(self.diag.shape[1])
+
+    @property
+    def nx(self) -> int:
+        return self.shape[0]
+
+    @property
+    def ny(self) -> int:
+        return self.shape[1]
+
+    @property
+    def n(self) -> int:
+        return self.nx * self.ny
+
+    @property
+    def device(self) -> torch.device:
+        return self.diag.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.diag.dtype
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "PoissonSystem":
+        kw = dict(device=device, dtype=dtype)
+        return PoissonSystem(self.diag.to(**kw), self.cx.to(**kw), self.cy.to(**kw), self.null_tol)
+
+    # ------------------------------------------------------------------ operator
+    def matvec(self, p: torch.Tensor) -> torch.Tensor:
+        """A @ p for a flat vector p of length n (or a batch shaped (..., n))."""
+        batch = p.shape[:-1]
+        q = p.reshape(*batch, self.nx, self.ny)
+        out = self.diag * q
+        east = self.cx[:-1] * q[..., 1:, :]
+        west = self.cx[:-1] * q[..., :-1, :]
+        north = self.cy[:, :-1] * q[..., :, 1:]
+        south = self.cy[:, :-1] * q[..., :, :-1]
+        out[..., :-1, :] -= east
+        out[..., 1:, :] -= west
+        out[..., :, :-1] -= north
+        out[..., :, 1:] -= south
+        return out.reshape(*batch, self.n)
+
+    def dirichlet(self) -> torch.Tensor:
+        """diag minus the sum of the couplings: each cell's Dirichlet (or identity) weight."""
+        s = self.diag.clone()
+        s[:-1] -= self.cx[:-1]
+        s[1:] -= self.cx[:-1]
+        s[:, :-1] -= self.cy[:, :-1]
+        s[:, 1:] -= self.cy[:, :-1]
+        return s
+
+    # ------------------------------------------------------------------ null space
+    def _null_space(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Label every cell with its floating component (no Dirichlet weight), or None if A is regular."""
+        excess = self.dirichlet().abs().reshape(-1)
+        scale = self.diag.abs().max().clamp_min(torch.finfo(self.dtype).tiny)
+        if bool((excess > self.null_tol * scale).all()):
+            return None
+        ncomp, labels = csgraph.connected_components(self._graph(), directed=False)
+        labels_t = torch.as_tensor(labels, device=self.device)
+        grounded = torch.zeros(ncomp, dtype=torch.bool, device=self.device)
+        grounded.index_put_((labels_t,), excess > self.null_tol * scale, accumulate=True)
+        if bool(grounded.all()):
+            return None
+        floating = ~grounded
+        # Map floating components to 0..m-1; grounded cells to m (a dummy bucket, never projected).
+        remap = torch.full((ncomp,), -1, dtype=torch.long, device=self.device)
+        m = int(floating.sum())
+        remap[floating] = torch.arange(m, device=self.device)
+        remap[grounded] = m
+        cell_label = remap[labels_t]
+        counts = torch.zeros(m + 1, dtype=self.dtype, device=self.device)
+        counts.index_add_(0, cell_label, torch.ones(self.n, dtype=self.dtype, device=self.device))
+        return cell_label, counts
+
+    @property
+    def singular(self) -> bool:
+        return self._null is not None
+
+    def project(self, v: torch.Tensor) -> torch.Tensor:
+        """Remove the mean of v over every floating component (identity when A is regular)."""
+        if self._null is None:
+            return v
+        label, counts = self._null
+        sums = torch.zeros(counts.shape[0], dtype=v.dtype, device=v.device)
+        sums.index_add_(0, label, v)
+        means = sums / counts.to(v.dtype)
+        means[-1] = 0.0
+        return v - means[label]
+
+    # ------------------------------------------------------------------ sparse export / import
+    def _graph(self) -> sp.csr_matrix:
+        a = self.to_csr()
+        a.setdiag(0)
+        a.eliminate_zeros()
+        return a
+
+    def to_csr(self) -> sp.csr_matrix:
+        """A as scipy CSR in the cell order k = i * ny + j."""
+        nx, ny = self.shape
+        d = self.diag.detach().cpu().double().numpy().reshape(-1)
+        cx = self.cx.detach().cpu().double().numpy()
+        cy = self.cy.detach().cpu().double().numpy()
+        k = np.arange(nx * ny).reshape(nx, ny)
+        rows = [k.reshape(-1), k[:-1].reshape(-1), k[1:].reshape(-1), k[:, :-1].reshape(-1), k[:, 1:].reshape(-1)]
+        cols = [k.reshape(-1), k[1:].reshape(-1), k[:-1].reshape(-1), k[:, 1:].reshape(-1), k[:, :-1].reshape(-1)]
+        vals = [d, -cx[:-1].reshape(-1), -cx[:-1].reshape(-1), -cy[:, :-1].reshape(-1), -cy[:, :-1].reshape(-1)]
+        a = sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(nx * ny,) * 2)
+        a = a.tocsr()
+        a.eliminate_zeros()
+        return a
+
+    @classmethod
+    def from_csr(cls, a: sp.spmatrix, grid: tuple[int, int], device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float64) -> "PoissonSystem":
+        """Read a symmetric 5-point matrix on an (nx, ny) grid; anything off the stencil is an error."""
+        nx, ny = int(grid[0]), int(grid[1])
+        n = nx * ny
+        if a.shape != (n, n):
+            raise ValueError(f"matrix is {a.shape[0]}x{a.shape[1]} but grid {nx}x{ny} needs {n}x{n}")
+        coo = sp.coo_matrix(a)
+        r, c, v = coo.row, coo.col, coo.data
+        keep = v != 0
+        r, c, v = r[keep], c[keep], v[keep]
+        d = np.zeros(n)
+        cx = np.zeros((nx, ny))
+        cy = np.zeros((nx, ny))
+        on_diag = r == c
+        np.add.at(d, r[on_diag], v[on_diag])
+        ri, rj = np.divmod(r, ny)
+        ci, cj = np.divmod(c, ny)
+        east = (ci == ri + 1) & (cj == rj)
+        north = (ci == ri) & (cj == rj + 1)
+        west = (ci == ri - 1) & (cj == rj)
+        south = (ci == ri) & (cj == rj - 1)
+        bad = ~(on_diag | east | north | west | south)
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"entry ({r[k]}, {c[k]}) is not on the 5-point stencil of a {nx}x{ny} grid "
+                f"(order k = i*ny + j); expected only self, east, west, north, south couplings")
+        np.add.at(cx, (ri[east], rj[east]), -v[east])
+        np.add.at(cy, (ri[north], rj[north]), -v[north])
+        cx_w = np.zeros((nx, ny))
+        cy_s = np.zeros((nx, ny))
+        np.add.at(cx_w, (ci[west], cj[west]), -v[west])
+        np.add.at(cy_s, (ci[south], cj[south]), -v[south])
+        scale = max(np.abs(v).max(), 1e-300)
+        if np.abs(cx - cx_w).max() > 1e-12 * scale or np.abs(cy - cy_s).max() > 1e-12 * scale:
+            raise ValueError("matrix is not symmetric: a PoissonSystem needs A == A.T")
+        t = lambda x: torch.as_tensor(x, dtype=dtype, device=device)
+        return cls(t(d.reshape(nx, ny)), t(cx), t(cy))
