@@ -20,8 +20,6 @@ import torch
 
 from .system import PoissonSystem
 
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-
 
 @dataclass
 class MultigridConfig:
@@ -58,10 +56,12 @@ def _hierarchy(nx: int, ny: int, coarsest: int) -> tuple[tuple[sp.csr_matrix, ..
 
 def _torch_csr(a: sp.spmatrix, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     a = sp.csr_matrix(a)
-    return torch.sparse_csr_tensor(torch.as_tensor(a.indptr, dtype=torch.int64),
-                                   torch.as_tensor(a.indices, dtype=torch.int64),
-                                   torch.as_tensor(a.data, dtype=dtype), size=a.shape,
-                                   check_invariants=False).to(device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(torch.as_tensor(a.indptr, dtype=torch.int64),
+                                       torch.as_tensor(a.indices, dtype=torch.int64),
+                                       torch.as_tensor(a.data, dtype=dtype), size=a.shape,
+                                       check_invariants=False).to(device)
 
 
 def _spmv(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

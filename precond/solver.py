@@ -68,13 +68,13 @@ class Solver:
         return self._precond
 
     def _run(self, precond: Preconditioner, system: PoissonSystem, b: torch.Tensor,
-             x0: torch.Tensor | None) -> SolveResult:
+             x0: torch.Tensor | None, maxiter: int | None) -> SolveResult:
         t0 = time.perf_counter()
         precond.setup(system)
         if system.device.type == "cuda":
             torch.cuda.synchronize(system.device)
         t_setup = time.perf_counter() - t0
-        res = pcg(system, b, precond, self.tol, self.maxiter, x0, self.check_every)
+        res = pcg(system, b, precond, self.tol, maxiter, x0, self.check_every)
         res.setup_seconds = t_setup
         res.seconds += t_setup
         return res
@@ -84,14 +84,14 @@ class Solver:
         precond = self._primary()
         first: SolveResult | None = None
         if precond is not None:
-            first = self._run(precond, system, b, x0)
+            first = self._run(precond, system, b, x0, self.maxiter)
             if first.converged or self.fallback is None:
                 return first
         if self.fallback is None:
             raise PreconditionerUnavailable(self._unavailable)
         if self._fallback_precond is None:
             self._fallback_precond = make_preconditioner(self.fallback)
-        res = self._run(self._fallback_precond, system, b, x0)
+        res = self._run(self._fallback_precond, system, b, x0, None)  # the fallback gets its default cap
         res.fell_back = True
         why = self._unavailable or (first.note if first is not None else "")
         res.note = f"{self.method} -> {self.fallback}: {why}"
