@@ -1,0 +1,151 @@
+"""Benchmark: PCG iterations and solve time of every solver on the simulator's own systems.
+
+    python -m precond.bench [--sizes 1024 4096 8192 16384 65536] [--ratios 1 10 100 1000]
+                            [--methods jacobi ic0 mgpcg ...] [--scene scenes/dambreak.yaml] [--frame 40]
+                            [--repeats 3] [--out bench_out] [--device cpu]
+
+For every N and density ratio it runs the scene headless to `--frame` (through the command
+line, as `precond` never imports the simulator), takes that frame's matrix, and solves it
+with a fixed random right-hand side (seed 0; mean-free on a closed box) to a relative
+residual of 1e-6. Every solver sees the same system; times are medians of `--repeats`
+solves measured side by side (setup, i.e. factorisation or network inference, included).
+pyamg's smoothed-aggregation AMG is a CPU reference row. Writes `bench.csv` and
+`convergence.png` (residual against iteration at one N and ratio) to `--out`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .dumps import REPO, dump_scene, load_system
+from .solver import METHODS, PreconditionerUnavailable, Solver
+from .system import PoissonSystem
+
+GRIDS = {1024: (32, 32), 4096: (64, 64), 8192: (128, 64), 16384: (128, 128), 65536: (256, 256),
+         262144: (512, 512)}
+
+
+def scene_system(scene: Path, grid: tuple[int, int], ratio: float, frame: int, cache: Path) -> PoissonSystem:
+    """The matrix the simulator assembles at `frame` of `scene` on `grid` at `ratio`."""
+    out = cache / f"{scene.stem}_{grid[0]}x{grid[1]}_r{ratio:g}"
+    dumps = sorted(out.glob("*.npz")) or dump_scene(scene, out, frames=frame, grid=grid, ratio=ratio, every=frame)
+    return load_system(dumps[-1])[0]
+
+
+def random_rhs(system: PoissonSystem, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return system.project(torch.randn(system.n, dtype=torch.float64, generator=g).to(system.device))
+
+
+def run_pcg(system: PoissonSystem, b: torch.Tensor, method: str, tol: float, repeats: int) -> dict:
+    solver = Solver(method, tol=tol, fallback=None)
+    times, res = [], None
+    for _ in range(repeats):
+        res = solver.solve(system, b)
+        times.append(res.seconds)
+    setup = res.setup_seconds * 1e3
+    return dict(iterations=res.iterations, converged=res.converged, residual=res.residual,
+                setup_ms=setup, solve_ms=statistics.median(times) * 1e3, history=res.history)
+
+
+def run_pyamg(system: PoissonSystem, b: torch.Tensor, tol: float, repeats: int) -> dict:
+    import pyamg
+    a = system.to_csr()
+    bn = b.cpu().numpy()
+    times, setups, hist = [], [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        ml = pyamg.smoothed_aggregation_solver(a)
+        t1 = time.perf_counter()
+        hist = []
+        x = ml.solve(bn, tol=tol, accel="cg", residuals=hist, maxiter=500)
+        times.append(time.perf_counter() - t0)
+        setups.append(t1 - t0)
+    rel = np.linalg.norm(bn - a @ x) / np.linalg.norm(bn)
+    return dict(iterations=len(hist) - 1, converged=bool(rel <= 2 * tol), residual=float(rel),
+                setup_ms=statistics.median(setups) * 1e3, solve_ms=statistics.median(times) * 1e3,
+                history=[h / hist[0] for h in hist])
+
+
+def plot(histories: dict[str, list[float]], title: str, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, h in histories.items():
+        ax.semilogy(range(len(h)), h, label=f"{name} ({len(h) - 1} it)")
+    ax.set_xlabel("PCG iteration")
+    ax.set_ylabel("relative residual")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m precond.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096, 8192, 16384, 65536], choices=sorted(GRIDS))
+    p.add_argument("--ratios", type=float, nargs="+", default=[1, 10, 100, 1000])
+    p.add_argument("--methods", nargs="+", default=[m for m in METHODS if m != "none"], choices=METHODS)
+    p.add_argument("--no-pyamg", action="store_true", help="skip the pyamg reference row")
+    p.add_argument("--scene", type=Path, default=REPO / "scenes" / "dambreak.yaml")
+    p.add_argument("--frame", type=int, default=40, help="simulator frame whose system is solved")
+    p.add_argument("--tol", type=float, default=1e-6)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, default=Path("bench_out"))
+    p.add_argument("--cache", type=Path, help="keep the simulator's dumps here (default: a temporary folder)")
+    p.add_argument("--plot-at", type=float, nargs=2, default=(8192, 100), metavar=("N", "RATIO"))
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(torch.get_num_threads())
+
+    rows, histories = [], {}
+    header = f"{'N':>7} {'grid':>9} {'ratio':>6} {'method':>12} {'iters':>6} {'conv':>5} {'setup ms':>9} {'solve ms':>9} {'x jacobi':>8}"
+    print(header)
+    print("-" * len(header))
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = args.cache or Path(tmp)
+        for n in args.sizes:
+            grid = GRIDS[n]
+            for ratio in args.ratios:
+                system = scene_system(args.scene, grid, ratio, args.frame, cache).to(device=args.device)
+                b = random_rhs(system)
+                results = {}
+                for method in args.methods:
+                    try:
+                        results[method] = run_pcg(system, b, method, args.tol, args.repeats)
+                    except PreconditionerUnavailable as err:
+                        print(f"{n:>7} {grid[0]}x{grid[1]:<5} {ratio:>6g} {method:>12}  unavailable: {err}")
+                if not args.no_pyamg:
+                    results["pyamg-sa"] = run_pyamg(system, b, args.tol, args.repeats)
+                base = results.get("jacobi", {}).get("solve_ms")
+                for method, r in results.items():
+                    speed = f"{base / r['solve_ms']:8.2f}" if base else f"{'':>8}"
+                    print(f"{n:>7} {grid[0]:>4}x{grid[1]:<4} {ratio:>6g} {method:>12} {r['iterations']:>6} "
+                          f"{str(r['converged']):>5} {r['setup_ms']:>9.2f} {r['solve_ms']:>9.2f} {speed}", flush=True)
+                    rows.append(dict(scene=args.scene.stem, n=n, nx=grid[0], ny=grid[1], ratio=ratio, method=method,
+                                     **{k: v for k, v in r.items() if k != "history"}))
+                if (n, ratio) == tuple(args.plot_at):
+                    histories = {m: r["history"] for m, r in results.items()}
+    with open(args.out / "bench.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    if histories:
+        n, ratio = args.plot_at
+        plot(histories, f"{args.scene.stem}, N={int(n)}, ratio {ratio:g}", args.out / "convergence.png")
+    print(f"wrote {args.out / 'bench.csv'}" + (f" and {args.out / 'convergence.png'}" if histories else ""))
+
+
+if __name__ == "__main__":
+    main()
