@@ -107,7 +107,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--plot-at", type=float, nargs=2, default=(8192, 100), metavar=("N", "RATIO"))
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(torch.get_num_threads())
 
     rows, histories = [], {}
     header = f"{'N':>7} {'grid':>9} {'ratio':>6} {'method':>12} {'iters':>6} {'conv':>5} {'setup ms':>9} {'solve ms':>9} {'x jacobi':>8}"
