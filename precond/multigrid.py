@@ -2,11 +2,15 @@
 
 Cell-centred bilinear prolongation P (tensor product of the 1-D weights 3/4, 1/4) halves
 each side, so any nx, ny works (an odd side keeps its last coarse cell). Coarse operators
-are Galerkin products A_c = P^T A P, which keep jumps in 1/rho honest at every level; they
-are 9-point, so every level is a torch sparse CSR matrix and the cycle is a few batched
-sparse mat-vecs per level. Damped Jacobi pre- and post-smoothing with the same sweeps, R =
-P^T and an exact (pseudo-)inverse on the coarsest level make the V-cycle symmetric positive
-(semi-)definite, as PCG needs.
+are Galerkin products A_c = P^T A P, which keep jumps in 1/rho honest on every level; they
+are 9-point, so every level is a torch sparse CSR matrix and a cycle is a handful of sparse
+mat-vecs per level.
+
+The triple product is linear in A's entries and its sparsity depends only on the grid
+shape, so it is worked out once per shape (`_Hierarchy`) as one sparse "Galerkin map" per
+level; a new system then costs one sparse mat-vec per level to coarsen. Damped Jacobi
+pre- and post-smoothing with equal sweeps, R = P^T and an exact (pseudo-)inverse on the
+coarsest level make the V-cycle symmetric positive definite, as PCG needs.
 """
 from __future__ import annotations
 
@@ -21,51 +25,98 @@ import torch
 from .system import PoissonSystem
 
 
-@dataclass
+@dataclass(frozen=True)
 class MultigridConfig:
     smooth_steps: int = 2      # Jacobi sweeps before and after the coarse correction
     omega: float = 0.8         # Jacobi damping (< 2 / lambda_max(D^-1 A) = 1 for these stencils)
-    coarsest: int = 64         # cells at or below which the level is solved densely
+    coarsest: int = 64         # cells at or below which a level is solved densely
 
 
-def _prolong_1d(n: int) -> tuple[sp.csr_matrix, int]:
+def _prolong_1d(n: int) -> sp.csr_matrix:
     """Cell-centred linear interpolation from ceil(n/2) coarse cells to n fine cells."""
     c = (n + 1) // 2
     f = np.arange(n)
     home = f // 2
     other = np.where(f % 2 == 0, home - 1, home + 1)
-    inside = (other >= 0) & (other < c)
+    inside = (other >= 0) & (other < c) & (n > 1)
     rows = np.concatenate([f, f[inside]])
     cols = np.concatenate([home, other[inside]])
     vals = np.concatenate([np.where(inside, 0.75, 1.0), np.full(int(inside.sum()), 0.25)])
-    return sp.csr_matrix((vals, (rows, cols)), shape=(n, c)), c
+    return sp.csr_matrix((vals, (rows, cols)), shape=(n, c))
 
 
-@lru_cache(maxsize=64)
-def _hierarchy(nx: int, ny: int, coarsest: int) -> tuple[tuple[sp.csr_matrix, ...], tuple[tuple[int, int], ...]]:
-    """Prolongations and level shapes for one grid, computed once per shape."""
-    ps, shapes = [], [(nx, ny)]
-    while nx * ny > coarsest and max(nx, ny) > 1:
-        px, cnx = _prolong_1d(nx) if nx > 1 else (sp.identity(1, format="csr"), 1)
-        py, cny = _prolong_1d(ny) if ny > 1 else (sp.identity(1, format="csr"), 1)
-        ps.append(sp.kron(px, py, format="csr"))
-        nx, ny = cnx, cny
-        shapes.append((nx, ny))
-    return tuple(ps), tuple(shapes)
-
-
-def _torch_csr(a: sp.spmatrix, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    a = sp.csr_matrix(a)
+def _torch_csr(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, n_cols: int) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(torch.as_tensor(a.indptr, dtype=torch.int64),
-                                       torch.as_tensor(a.indices, dtype=torch.int64),
-                                       torch.as_tensor(a.data, dtype=dtype), size=a.shape,
-                                       check_invariants=False).to(device)
+        return torch.sparse_csr_tensor(indptr, indices, values, size=(len(indptr) - 1, n_cols),
+                                       check_invariants=False)
 
 
-def _spmv(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return (a @ x.unsqueeze(-1)).squeeze(-1)
+def _stencil_pattern(nx: int, ny: int) -> tuple[sp.csr_matrix, np.ndarray]:
+    """CSR pattern of the 5-point stencil and, per entry, its slot in cat(diag, cx_e, cx_w, cy_n, cy_s)."""
+    n = nx * ny
+    k = np.arange(n).reshape(nx, ny)
+    rows = np.concatenate([k.ravel(), k[:-1].ravel(), k[1:].ravel(), k[:, :-1].ravel(), k[:, 1:].ravel()])
+    cols = np.concatenate([k.ravel(), k[1:].ravel(), k[:-1].ravel(), k[:, 1:].ravel(), k[:, :-1].ravel()])
+    # slots into the flat vector [diag (n) | cx (n) | cy (n)]: east/west both read cx[i], north/south cy[j]
+    slots = np.concatenate([k.ravel(), n + k[:-1].ravel(), n + k[:-1].ravel(),
+                            2 * n + k[:, :-1].ravel(), 2 * n + k[:, :-1].ravel()])
+    sign = np.concatenate([np.ones(n), -np.ones(len(rows) - n)])
+    a = sp.csr_matrix((np.arange(1, len(rows) + 1, dtype=np.float64), (rows, cols)), shape=(n, n))
+    order = a.data.astype(np.int64) - 1  # CSR position -> original entry
+    return a, np.stack([slots[order], sign[order]])
+
+
+def _galerkin_map(a: sp.csr_matrix, p: sp.csr_matrix) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Coarse pattern of P^T A P and the map G with coarse values = G @ fine values (CSR data order)."""
+    nc = p.shape[1]
+    width = int(np.diff(p.indptr).max())
+    pidx = np.zeros((p.shape[0], width), dtype=np.int64)
+    pw = np.zeros((p.shape[0], width))
+    for k in range(width):  # at most 4 parents per fine cell
+        has = np.diff(p.indptr) > k
+        pidx[has, k] = p.indices[p.indptr[:-1][has] + k]
+        pw[has, k] = p.data[p.indptr[:-1][has] + k]
+    rows = np.repeat(np.arange(a.shape[0]), np.diff(a.indptr))
+    cols = a.indices
+    ci = pidx[rows][:, :, None]
+    cj = pidx[cols][:, None, :]
+    w = (pw[rows][:, :, None] * pw[cols][:, None, :])
+    entry = np.broadcast_to(np.arange(len(rows))[:, None, None], w.shape)
+    keep = w != 0
+    key = (np.broadcast_to(ci, w.shape)[keep] * nc + np.broadcast_to(cj, w.shape)[keep])
+    uniq, slot = np.unique(key, return_inverse=True)
+    g = sp.csr_matrix((w[keep], (slot, entry[keep])), shape=(len(uniq), len(rows)))
+    coarse = sp.csr_matrix((np.ones(len(uniq)), (uniq // nc, uniq % nc)), shape=(nc, nc))
+    coarse.sort_indices()
+    return coarse, g
+
+
+@lru_cache(maxsize=8)
+def _hierarchy(nx: int, ny: int, coarsest: int) -> dict:
+    """Everything about the levels that depends only on the grid shape (scipy, computed once)."""
+    fine, stencil = _stencil_pattern(nx, ny)
+    levels, a = [], fine
+    while nx * ny > coarsest and max(nx, ny) > 1:
+        p = sp.kron(_prolong_1d(nx), _prolong_1d(ny), format="csr")
+        coarse, g = _galerkin_map(a, p)
+        rows = np.repeat(np.arange(a.shape[0]), np.diff(a.indptr))
+        levels.append(dict(a=a, rows=rows, diag=np.flatnonzero(rows == a.indices), p=p, r=p.T.tocsr(), g=g))
+        a, nx, ny = coarse, (nx + 1) // 2, (ny + 1) // 2
+    rows = np.repeat(np.arange(a.shape[0]), np.diff(a.indptr))
+    return dict(stencil=stencil, levels=levels, coarse=(a.shape[0], rows * a.shape[0] + a.indices))
+
+
+@lru_cache(maxsize=8)
+def _device_hierarchy(nx: int, ny: int, coarsest: int, dtype: torch.dtype, device: str) -> dict:
+    """The shape-only tensors of `_hierarchy` on one device and dtype."""
+    h = _hierarchy(nx, ny, coarsest)
+    t = lambda x, dt=torch.int64: torch.as_tensor(x, dtype=dt, device=device)
+    csr = lambda m: _torch_csr(t(m.indptr), t(m.indices), t(m.data, dtype), m.shape[1])
+    levels = [dict(indptr=t(lv["a"].indptr), indices=t(lv["a"].indices), rows=t(lv["rows"]), diag=t(lv["diag"]), p=csr(lv["p"]), r=csr(lv["r"]),
+                   g=csr(lv["g"])) for lv in h["levels"]]
+    return dict(slots=t(h["stencil"][0]), sign=t(h["stencil"][1], dtype), levels=levels,
+                coarse=(h["coarse"][0], t(h["coarse"][1])))
 
 
 class Multigrid:
@@ -78,35 +129,37 @@ class Multigrid:
 
     def setup(self, system: PoissonSystem) -> None:
         cfg = self.config
-        dev, dt = system.device, system.dtype
-        ps, self.shapes = _hierarchy(system.nx, system.ny, cfg.coarsest)
-        a = system.to_csr()
-        self.ops: list[torch.Tensor] = []          # A on every level but the coarsest
-        self.inv_diag: list[torch.Tensor] = []
-        self.prolong: list[torch.Tensor] = []
-        self.restrict: list[torch.Tensor] = []
-        for p in ps:
-            self.ops.append(_torch_csr(a, dt, dev))
-            self.inv_diag.append(torch.as_tensor(cfg.omega / a.diagonal(), dtype=dt, device=dev))
-            self.prolong.append(_torch_csr(p, dt, dev))
-            self.restrict.append(_torch_csr(p.T, dt, dev))
-            a = (p.T @ a @ p).tocsr()
-        dense = torch.as_tensor(a.toarray(), dtype=torch.float64)
+        h = _device_hierarchy(system.nx, system.ny, cfg.coarsest, system.dtype, str(system.device))
+        flat = torch.cat([system.diag.reshape(-1), system.cx.reshape(-1), system.cy.reshape(-1)])
+        vals = flat[h["slots"]] * h["sign"]
+        self.levels = []
+        for lv in h["levels"]:
+            w = cfg.omega / vals[lv["diag"]]
+            smooth = -w[lv["rows"]] * vals
+            smooth[lv["diag"]] += 1.0
+            csr = lambda v: _torch_csr(lv["indptr"], lv["indices"], v, len(lv["indptr"]) - 1)
+            self.levels.append(dict(a=csr(vals), s=csr(smooth), w=w.unsqueeze(1), p=lv["p"], r=lv["r"]))
+            vals = (lv["g"] @ vals.unsqueeze(1)).squeeze(1)
+        nc, pos = h["coarse"]
+        dense = torch.zeros(nc * nc, dtype=torch.float64, device=system.device)
+        dense[pos] = vals.double()
         # The pseudo-inverse equals the inverse on a regular coarse matrix and keeps a
         # singular (all-Neumann) one from amplifying its null space.
-        self.coarse_inv = torch.linalg.pinv(dense, hermitian=True, rtol=1e-12).to(dtype=dt, device=dev)
+        self.coarse_inv = torch.linalg.pinv(dense.view(nc, nc), hermitian=True, rtol=1e-12).to(system.dtype)
 
     def apply(self, r: torch.Tensor) -> torch.Tensor:
-        return self._cycle(0, r)
+        return self._cycle(0, r.unsqueeze(1)).squeeze(1)
 
     def _cycle(self, level: int, b: torch.Tensor) -> torch.Tensor:
-        if level == len(self.ops):
+        if level == len(self.levels):
             return self.coarse_inv @ b
-        a, w = self.ops[level], self.inv_diag[level]
-        x = w * b
+        lv = self.levels[level]
+        c = lv["w"] * b
+        x = c
         for _ in range(self.config.smooth_steps - 1):
-            x = x + w * (b - _spmv(a, x))
-        x = x + _spmv(self.prolong[level], self._cycle(level + 1, _spmv(self.restrict[level], b - _spmv(a, x))))
+            x = torch.addmm(c, lv["s"], x)
+        residual = torch.addmm(b, lv["a"], x, alpha=-1.0)
+        x = torch.addmm(x, lv["p"], self._cycle(level + 1, lv["r"] @ residual))
         for _ in range(self.config.smooth_steps):
-            x = x + w * (b - _spmv(a, x))
+            x = torch.addmm(c, lv["s"], x)
         return x
