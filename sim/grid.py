@@ -1,0 +1,100 @@
+"""The Taichi fields of one simulation, allocated at a capacity so that resizing rarely recompiles.
+
+Every field is allocated at `(capx + 1, capy + 1)` with `capx`, `capy` powers of two, and the
+kernels read the live size from `size = [nx, ny, open_top]`, so any grid up to the capacity
+reuses the compiled kernels. States are pooled by capacity: a simulation that is dropped (or
+outgrows its state) hands it back, and the next one of that capacity takes it, compiled.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import numpy as np
+import taichi as ti
+from scipy.ndimage import map_coordinates
+
+# The scalar f32 fields of a state, all shaped (capx + 1, capy + 1).
+_SCALARS = ("phi", "phi_f", "phi_a", "phi_b", "phi_c", "fixed", "u", "us", "v", "vs", "cu", "cv", "p")
+
+
+def _capacity(n: int) -> int:
+    return 1 << max(3, (n - 1).bit_length())
+
+
+@ti.data_oriented
+class GridState:
+    """MAC grid state: u (nx+1, ny) on x-faces, v (nx, ny+1) on y-faces, level set phi and pressure p at centres.
+
+    phi_f, phi_a: forward and corrected advection of phi; phi_b, phi_c, fixed: reinitialisation buffers;
+    us, vs: velocity after advection and forces (u*); cu, cv: face coefficients 1/rho_face; bt: the
+    backtraced position of every cell centre (in cells).
+    """
+
+    def __init__(self, capx: int, capy: int) -> None:
+        self.capx, self.capy = capx, capy
+        self.nx, self.ny = 0, 0
+        self.release: weakref.finalize | None = None
+        shape = (capx + 1, capy + 1)
+        fb = ti.FieldsBuilder()
+        self.size = ti.field(ti.i32)
+        fb.dense(ti.i, 4).place(self.size)
+        for name in _SCALARS:
+            f = ti.field(ti.f32)
+            fb.dense(ti.ij, shape).place(f)
+            setattr(self, name, f)
+        self.bt = ti.Vector.field(2, ti.f32)
+        fb.dense(ti.ij, shape).place(self.bt)
+        self._tree = fb.finalize()
+
+    def fits(self, nx: int, ny: int) -> bool:
+        return nx <= self.capx and ny <= self.capy
+
+    def set_size(self, nx: int, ny: int, open_top: bool) -> None:
+        self.nx, self.ny = nx, ny
+        self.size.from_numpy(np.array([nx, ny, int(open_top), 0], dtype=np.int32))
+
+    # ------------------------------------------------------------------ host transfers (reset, resize)
+    def read(self, name: str, shape: tuple[int, int]) -> np.ndarray:
+        return getattr(self, name).to_numpy()[: shape[0], : shape[1]].astype(np.float64)
+
+    def write(self, name: str, values: np.ndarray) -> None:
+        full = np.zeros((self.capx + 1, self.capy + 1), dtype=np.float32)
+        full[: values.shape[0], : values.shape[1]] = values
+        getattr(self, name).from_numpy(full)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """phi, u, v, p at the live size, float64 copies."""
+        nx, ny = self.nx, self.ny
+        return {"phi": self.read("phi", (nx, ny)), "u": self.read("u", (nx + 1, ny)),
+                "v": self.read("v", (nx, ny + 1)), "p": self.read("p", (nx, ny))}
+
+
+_pool: dict[tuple[int, int], list[GridState]] = {}
+
+
+def acquire(owner: Any, nx: int, ny: int) -> GridState:
+    """A state with room for nx x ny, reused from the pool when one is free; it returns there when `owner` dies."""
+    key = (_capacity(nx), _capacity(ny))
+    free = _pool.setdefault(key, [])
+    state = free.pop() if free else GridState(*key)
+    state.release = weakref.finalize(owner, free.append, state)
+    return state
+
+
+def release(state: GridState) -> None:
+    """Hand a state back to the pool now (its owner switched to another one)."""
+    state.release()
+
+
+def resample(values: np.ndarray, shape: tuple[int, int], offset: tuple[float, float],
+             old_cells: tuple[int, int], new_cells: tuple[int, int]) -> np.ndarray:
+    """Bilinear re-sampling of a grid quantity onto another grid over the same (stretched) domain.
+
+    `offset` is where sample (0, 0) sits in cell units ((0.5, 0.5) for centres, (0, 0.5) for u,
+    (0.5, 0) for v); positions map through the normalised domain [0, 1] x [0, 1].
+    """
+    i = (np.arange(shape[0]) + offset[0]) * (old_cells[0] / new_cells[0]) - offset[0]
+    j = (np.arange(shape[1]) + offset[1]) * (old_cells[1] / new_cells[1]) - offset[1]
+    gi, gj = np.meshgrid(i, j, indexing="ij")
+    return map_coordinates(values, [gi, gj], order=1, mode="nearest")

@@ -1,0 +1,346 @@
+"""Scene files: what to simulate, read from YAML with `yaml.safe_load` and validated field by field.
+
+The domain is `nx/ny` wide and 1 high (square cells, h = 1/ny); coordinates are in domain units
+with x to the right and y up. Every field but `shapes` is optional:
+
+    name: dam break                 # text, default: the file name
+    description: ...                # text, default ""
+    grid: {nx: 128, ny: 64}         # integers from 8 to 2048 each; default 128 x 64
+    ratio: 1000                     # rho_water / rho_air, a number from 1 to 1000; default 1000
+    gravity: -9.81                  # vertical acceleration in m/s^2, -100 to 100; default -9.81
+    boundary: {top: wall}           # wall | open (open: pressure 0 on the top faces); other sides are walls
+    shapes:                         # applied in order onto an all-air domain; default []
+      - {type: box, min: [x, y], max: [x, y], phase: water}
+      - {type: circle, center: [x, y], radius: r, phase: air, velocity: [u, v]}
+      - {type: halfplane, point: [x, y], normal: [nx, ny], phase: water}   # fills the side against the normal
+    solver: {method: mgpcg, tol: 1e-6, maxiter: null}   # method: a name from precond.METHODS
+    time: {frame_dt: 1/60, cfl: 3, max_substeps: 8}
+    volume_correction: true         # keep the water volume by a global level-set shift each frame
+
+Shapes: `phase` is water (default) or air; `velocity` (m/s, optional) sets the initial velocity
+inside the shape. Coordinates lie within [-100, 100], radii in (0, 100], velocities within
+[-100, 100]. Numbers may be written `1e-6` or `1/60` (YAML 1.1 would read those as text).
+A bad file raises `SceneError` with one line naming the file, the field and what was expected.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import yaml
+
+import precond
+
+Vec2 = tuple[float, float]
+PHASES = ("water", "air")
+TOPS = ("wall", "open")
+GRID_MIN, GRID_MAX = 8, 2048
+RATIO_MIN, RATIO_MAX = 1.0, 1000.0
+COORD_MAX = 100.0
+_NUMBER_TEXT = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
+_FRACTION_TEXT = re.compile(r"\s*([-+]?(?:\d+\.?\d*|\.\d+))\s*/\s*(\d+\.?\d*|\.\d+)\s*")
+
+
+class SceneError(ValueError):
+    """A scene file (or an override of it) is unreadable or invalid; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Cells along x and y; the domain is nx/ny wide and 1 high."""
+
+    nx: int = 128
+    ny: int = 64
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """Top side: 'wall' (no flow) or 'open' (pressure 0). Left, right and bottom are walls."""
+
+    top: str = "wall"
+
+
+@dataclass(frozen=True)
+class Box:
+    """Axis-aligned box from `min` to `max` (domain units)."""
+
+    min: Vec2
+    max: Vec2
+    phase: str = "water"
+    velocity: Optional[Vec2] = None
+
+    def sdf(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Signed distance, negative inside."""
+        cx, cy = (self.min[0] + self.max[0]) / 2, (self.min[1] + self.max[1]) / 2
+        dx = np.abs(x - cx) - (self.max[0] - self.min[0]) / 2
+        dy = np.abs(y - cy) - (self.max[1] - self.min[1]) / 2
+        outside = np.hypot(np.maximum(dx, 0.0), np.maximum(dy, 0.0))
+        return outside + np.minimum(np.maximum(dx, dy), 0.0)
+
+
+@dataclass(frozen=True)
+class Circle:
+    """Disc of `radius` around `center` (domain units)."""
+
+    center: Vec2
+    radius: float
+    phase: str = "water"
+    velocity: Optional[Vec2] = None
+
+    def sdf(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Signed distance, negative inside."""
+        return np.hypot(x - self.center[0], y - self.center[1]) - self.radius
+
+
+@dataclass(frozen=True)
+class HalfPlane:
+    """Everything on the far side of the line through `point` from its `normal` (e.g. normal [0, 1]: below)."""
+
+    point: Vec2
+    normal: Vec2
+    phase: str = "water"
+    velocity: Optional[Vec2] = None
+
+    def sdf(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Signed distance, negative inside."""
+        n = math.hypot(*self.normal)
+        return ((x - self.point[0]) * self.normal[0] + (y - self.point[1]) * self.normal[1]) / n
+
+
+Shape = Union[Box, Circle, HalfPlane]
+
+
+@dataclass(frozen=True)
+class SolverSettings:
+    """Pressure solver: a precond method name, PCG relative tolerance, iteration cap (None: the solver's default)."""
+
+    method: str = "mgpcg"
+    tol: float = 1e-6
+    maxiter: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class TimeSettings:
+    """Frame length (s), CFL number (cells per substep) and the most substeps one frame may take."""
+
+    frame_dt: float = 1.0 / 60.0
+    cfl: float = 3.0
+    max_substeps: int = 8
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A validated scene; `source` is the file it came from (for messages)."""
+
+    name: str
+    description: str = ""
+    grid: Grid = field(default_factory=Grid)
+    ratio: float = 1000.0
+    gravity: float = -9.81
+    boundary: Boundary = field(default_factory=Boundary)
+    shapes: tuple[Shape, ...] = ()
+    solver: SolverSettings = field(default_factory=SolverSettings)
+    time: TimeSettings = field(default_factory=TimeSettings)
+    volume_correction: bool = True
+    source: str = "<scene>"
+
+    @property
+    def width(self) -> float:
+        """Domain width in domain units (the height is 1)."""
+        return self.grid.nx / self.grid.ny
+
+    @property
+    def open_top(self) -> bool:
+        return self.boundary.top == "open"
+
+    def with_overrides(self, grid: Optional[tuple[int, int]] = None, ratio: Optional[float] = None,
+                       solver: Optional[str] = None, tol: Optional[float] = None,
+                       maxiter: Optional[int] = None) -> "Scene":
+        """A copy with command-line overrides applied (None keeps the scene's value); bad values raise SceneError."""
+        r = _Reader("command line")
+        out = self
+        if grid is not None:
+            nx = r.integer(grid[0], "--grid nx", GRID_MIN, GRID_MAX)
+            ny = r.integer(grid[1], "--grid ny", GRID_MIN, GRID_MAX)
+            out = replace(out, grid=Grid(nx, ny))
+        if ratio is not None:
+            out = replace(out, ratio=r.number(ratio, "--ratio", RATIO_MIN, RATIO_MAX))
+        settings = out.solver
+        if solver is not None:
+            settings = replace(settings, method=r.choice(solver, "--solver", precond.METHODS))
+        if tol is not None:
+            settings = replace(settings, tol=r.number(tol, "--tol", 1e-14, 0.1))
+        if maxiter is not None:
+            settings = replace(settings, maxiter=r.integer(maxiter, "--maxiter", 1, 1_000_000))
+        return replace(out, solver=settings)
+
+
+class _Reader:
+    """Typed, range-checked reads from the parsed YAML; every failure names `source` and the dotted field."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def error(self, path: str, expected: str, got: Any) -> SceneError:
+        shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
+        return SceneError(f"{self.source}: {path}: expected {expected}, got {shown}")
+
+    def mapping(self, value: Any, path: str, allowed: tuple[str, ...]) -> dict:
+        if not isinstance(value, dict):
+            raise self.error(path, "a mapping of " + ", ".join(allowed), value)
+        for key in value:
+            if key not in allowed:
+                where = f"{path}.{key}" if path != "(scene)" else str(key)
+                raise SceneError(f"{self.source}: {where}: unknown field; expected one of {', '.join(allowed)}")
+        return value
+
+    def integer(self, value: Any, path: str, lo: int, hi: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise self.error(path, f"an integer from {lo} to {hi}", value)
+        return int(value)
+
+    def number(self, value: Any, path: str, lo: float, hi: float) -> float:
+        v = _to_number(value)
+        if v is None or not lo <= v <= hi:
+            raise self.error(path, f"a number from {lo:g} to {hi:g}", value)
+        return v
+
+    def positive(self, value: Any, path: str, hi: float) -> float:
+        v = _to_number(value)
+        if v is None or not 0.0 < v <= hi:
+            raise self.error(path, f"a number above 0 and at most {hi:g}", value)
+        return v
+
+    def choice(self, value: Any, path: str, options: tuple[str, ...]) -> str:
+        if not isinstance(value, str) or value not in options:
+            raise self.error(path, "one of " + ", ".join(options), value)
+        return value
+
+    def text(self, value: Any, path: str) -> str:
+        if not isinstance(value, str):
+            raise self.error(path, "text", value)
+        return value
+
+    def boolean(self, value: Any, path: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.error(path, "true or false", value)
+        return value
+
+    def vec2(self, value: Any, path: str, bound: float) -> Vec2:
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise self.error(path, f"a pair [x, y] of numbers from {-bound:g} to {bound:g}", value)
+        return (self.number(value[0], f"{path}[0]", -bound, bound), self.number(value[1], f"{path}[1]", -bound, bound))
+
+
+def _to_number(value: Any) -> Optional[float]:
+    """A finite float from an int, a float, or text like '1e-6' or '1/60'; None otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        v = float(value)
+    elif isinstance(value, str) and _NUMBER_TEXT.fullmatch(value):
+        v = float(value)
+    elif isinstance(value, str) and _FRACTION_TEXT.fullmatch(value):
+        num, den = _FRACTION_TEXT.fullmatch(value).groups()
+        if float(den) == 0.0:
+            return None
+        v = float(num) / float(den)
+    else:
+        return None
+    return v if math.isfinite(v) else None
+
+
+_SHAPE_KEYS = {
+    "box": ("type", "min", "max", "phase", "velocity"),
+    "circle": ("type", "center", "radius", "phase", "velocity"),
+    "halfplane": ("type", "point", "normal", "phase", "velocity"),
+}
+
+
+def _shape(r: _Reader, raw: Any, path: str) -> Shape:
+    if not isinstance(raw, dict):
+        raise r.error(path, "a mapping with type: " + " | ".join(_SHAPE_KEYS), raw)
+    if "type" not in raw:
+        raise SceneError(f"{r.source}: {path}.type: missing; expected one of {', '.join(_SHAPE_KEYS)}")
+    kind = r.choice(raw["type"], f"{path}.type", tuple(_SHAPE_KEYS))
+    m = r.mapping(raw, path, _SHAPE_KEYS[kind])
+    for key in _SHAPE_KEYS[kind][1:3]:
+        if key not in m:
+            raise SceneError(f"{r.source}: {path}.{key}: missing; a {kind} needs {' and '.join(_SHAPE_KEYS[kind][1:3])}")
+    phase = r.choice(m.get("phase", "water"), f"{path}.phase", PHASES)
+    velocity = r.vec2(m["velocity"], f"{path}.velocity", COORD_MAX) if m.get("velocity") is not None else None
+    if kind == "box":
+        lo, hi = r.vec2(m["min"], f"{path}.min", COORD_MAX), r.vec2(m["max"], f"{path}.max", COORD_MAX)
+        if not (lo[0] < hi[0] and lo[1] < hi[1]):
+            raise r.error(f"{path}.max", f"a corner above and to the right of min {list(lo)}", m["max"])
+        return Box(lo, hi, phase, velocity)
+    if kind == "circle":
+        return Circle(r.vec2(m["center"], f"{path}.center", COORD_MAX),
+                      r.positive(m["radius"], f"{path}.radius", COORD_MAX), phase, velocity)
+    normal = r.vec2(m["normal"], f"{path}.normal", COORD_MAX)
+    if normal == (0.0, 0.0):
+        raise r.error(f"{path}.normal", "a nonzero direction [nx, ny]", m["normal"])
+    return HalfPlane(r.vec2(m["point"], f"{path}.point", COORD_MAX), normal, phase, velocity)
+
+
+_TOP_KEYS = ("name", "description", "grid", "ratio", "gravity", "boundary", "shapes", "solver", "time",
+             "volume_correction")
+
+
+def parse_scene(data: Any, source: str, default_name: str = "scene") -> Scene:
+    """Validate parsed YAML `data` into a Scene; `source` names it in error messages."""
+    r = _Reader(source)
+    if data is None:
+        raise SceneError(f"{source}: (scene): expected a mapping of fields ({', '.join(_TOP_KEYS)}), got an empty file")
+    m = r.mapping(data, "(scene)", _TOP_KEYS)
+    g = r.mapping(m.get("grid", {}), "grid", ("nx", "ny"))
+    grid = Grid(r.integer(g.get("nx", Grid.nx), "grid.nx", GRID_MIN, GRID_MAX),
+                r.integer(g.get("ny", Grid.ny), "grid.ny", GRID_MIN, GRID_MAX))
+    b = r.mapping(m.get("boundary", {}), "boundary", ("top",))
+    s = r.mapping(m.get("solver", {}), "solver", ("method", "tol", "maxiter"))
+    maxiter = s.get("maxiter")
+    solver = SolverSettings(r.choice(s.get("method", SolverSettings.method), "solver.method", precond.METHODS),
+                            r.number(s.get("tol", SolverSettings.tol), "solver.tol", 1e-14, 0.1),
+                            None if maxiter is None else r.integer(maxiter, "solver.maxiter", 1, 1_000_000))
+    t = r.mapping(m.get("time", {}), "time", ("frame_dt", "cfl", "max_substeps"))
+    time = TimeSettings(r.positive(t.get("frame_dt", TimeSettings.frame_dt), "time.frame_dt", 0.1),
+                        r.number(t.get("cfl", TimeSettings.cfl), "time.cfl", 0.1, 10.0),
+                        r.integer(t.get("max_substeps", TimeSettings.max_substeps), "time.max_substeps", 1, 64))
+    shapes = m.get("shapes", [])
+    if not isinstance(shapes, list):
+        raise r.error("shapes", "a list of shapes", shapes)
+    return Scene(
+        name=r.text(m.get("name", default_name), "name"),
+        description=r.text(m.get("description", ""), "description"),
+        grid=grid,
+        ratio=r.number(m.get("ratio", Scene.ratio), "ratio", RATIO_MIN, RATIO_MAX),
+        gravity=r.number(m.get("gravity", Scene.gravity), "gravity", -100.0, 100.0),
+        boundary=Boundary(r.choice(b.get("top", Boundary.top), "boundary.top", TOPS)),
+        shapes=tuple(_shape(r, raw, f"shapes[{k}]") for k, raw in enumerate(shapes)),
+        solver=solver,
+        time=time,
+        volume_correction=r.boolean(m.get("volume_correction", True), "volume_correction"),
+        source=source,
+    )
+
+
+def load_scene(path: Union[str, Path]) -> Scene:
+    """Read and validate a scene file; any problem raises SceneError naming the file and the field."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise SceneError(f"{source}: (file): expected a readable UTF-8 scene file, got an error ({reason})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "(file)"
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SceneError(f"{source}: {where}: expected valid YAML, got a syntax error ({problem})") from None
+    return parse_scene(data, source, default_name=Path(path).stem)
