@@ -51,8 +51,6 @@ def run_headless(sim: Simulation, frames: int, record: Optional[str] = None, scr
         for _ in range(frames):
             stats = sim.step()
             done.append(stats)
-            if on_frame is not None:
-                on_frame(stats)
             if recorder is not None:
                 renderer.upload(sim.fields(), render_mode)
                 picture, target = renderer.picture(size, target)
@@ -61,6 +59,8 @@ def run_headless(sim: Simulation, frames: int, record: Optional[str] = None, scr
                 except RecordingError as err:
                     warn(err, "the run goes on without recording")
                     recorder = None
+            if on_frame is not None:  # after the frame is recorded: a report of frame k means k frames on file
+                on_frame(stats)
         if screenshot and renderer is not None:
             renderer.upload(sim.fields(), render_mode)
             picture, target = renderer.picture(size, target)
