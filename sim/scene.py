@@ -186,7 +186,9 @@ class _Reader:
         self.source = source
 
     def error(self, path: str, expected: str, got: Any) -> SceneError:
-        shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
+        shown = repr(got)
+        if isinstance(got, (dict, list)) and len(shown) > 40:
+            shown = f"a {type(got).__name__} ({shown[:30]}...)"
         return SceneError(f"{self.source}: {path}: expected {expected}, got {shown}")
 
     def mapping(self, value: Any, path: str, allowed: tuple[str, ...]) -> dict:

@@ -1,0 +1,149 @@
+"""Scene files: the shipped scenes load, and every kind of bad file fails with one line naming file and field."""
+from pathlib import Path
+
+import pytest
+
+from sim.scene import Box, Circle, HalfPlane, Scene, SceneError, load_scene, parse_scene
+
+SCENES = sorted((Path(__file__).resolve().parent.parent / "scenes").glob("*.yaml"))
+GOOD = """\
+name: test
+grid: {nx: 32, ny: 16}
+ratio: 100
+shapes:
+  - {type: box, min: [0, 0], max: [0.5, 0.5]}
+  - {type: circle, center: [1.0, 0.7], radius: 0.1, phase: water, velocity: [0, -1]}
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "scene.yaml"
+    path.write_text(text)
+    return path
+
+
+def _error(tmp_path: Path, text: str) -> str:
+    path = _write(tmp_path, text)
+    with pytest.raises(SceneError) as info:
+        load_scene(path)
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert message.startswith(f"{path}: "), message
+    return message
+
+
+def test_shipped_scenes_load_and_differ():
+    assert {p.stem for p in SCENES} >= {"dambreak", "drop", "bubbles", "sloshing"}
+    scenes = [load_scene(p) for p in SCENES]
+    for scene in scenes:
+        assert isinstance(scene, Scene) and scene.shapes and scene.description
+        assert 1 <= scene.ratio <= 1000
+    assert len({(s.grid, s.boundary.top, s.ratio, len(s.shapes)) for s in scenes}) == len(scenes)
+    bubbles = load_scene(SCENES[0].parent / "bubbles.yaml")
+    assert bubbles.boundary.top == "wall" and bubbles.ratio == 1000
+    assert any(shape.phase == "air" for shape in bubbles.shapes)
+
+
+def test_defaults_and_number_forms(tmp_path):
+    scene = load_scene(_write(tmp_path, GOOD + "solver: {tol: 1e-8}\ntime: {frame_dt: 1/30}\n"))
+    assert scene.name == "test" and (scene.grid.nx, scene.grid.ny) == (32, 16) and scene.width == 2.0
+    assert scene.solver.tol == 1e-8 and scene.solver.method == "mgpcg" and scene.solver.maxiter is None
+    assert scene.time.frame_dt == pytest.approx(1 / 30) and scene.time.cfl == 3.0 and scene.time.max_substeps == 8
+    assert scene.gravity == -9.81 and scene.boundary.top == "wall" and scene.volume_correction is True
+    box, circle = scene.shapes
+    assert isinstance(box, Box) and box.phase == "water" and box.velocity is None
+    assert isinstance(circle, Circle) and circle.velocity == (0.0, -1.0)
+    plane = parse_scene({"shapes": [{"type": "halfplane", "point": [0, 0.3], "normal": [0, 2]}]}, "x").shapes[0]
+    assert isinstance(plane, HalfPlane) and plane.sdf(0.5, 0.1) == pytest.approx(-0.2)
+
+
+@pytest.mark.parametrize("text, field, expected", [
+    (GOOD + "gridd: {nx: 3}\n", "gridd", "unknown field"),
+    ("grid: {nx: 32, nz: 16}\n", "grid.nz", "unknown field; expected one of nx, ny"),
+    ("shapes:\n  - {type: box, min: [0, 0], max: [1, 1], colour: red}\n", "shapes[0].colour", "unknown field"),
+])
+def test_unknown_field(tmp_path, text, field, expected):
+    message = _error(tmp_path, text)
+    assert f": {field}: {expected}" in message
+
+
+@pytest.mark.parametrize("text, field, expected", [
+    ("grid: {nx: abc, ny: 16}\n", "grid.nx", "expected an integer from 8 to 2048, got 'abc'"),
+    ("grid: {nx: 32.5}\n", "grid.nx", "expected an integer from 8 to 2048, got 32.5"),
+    ("ratio: [1, 2]\n", "ratio", "expected a number from 1 to 1000, got [1, 2]"),
+    ("ratio: true\n", "ratio", "expected a number from 1 to 1000, got True"),
+    ("boundary: {top: lid}\n", "boundary.top", "expected one of wall, open, got 'lid'"),
+    ("shapes: {type: box}\n", "shapes", "expected a list of shapes, got {'type': 'box'}"),
+    ("shapes:\n  - {type: star, center: [0, 0]}\n", "shapes[0].type", "expected one of box, circle, halfplane"),
+    ("shapes:\n  - {type: circle, center: 0.5, radius: 0.1}\n", "shapes[0].center", "expected a pair [x, y]"),
+    ("shapes:\n  - {type: box, min: [0, 0], max: [1, 1], phase: oil}\n", "shapes[0].phase",
+     "expected one of water, air, got 'oil'"),
+    ("solver: {method: magic}\n", "solver.method", "expected one of none, jacobi, ic0, mgpcg"),
+    ("volume_correction: maybe\n", "volume_correction", "expected true or false, got 'maybe'"),
+    ("name: 3\n", "name", "expected text, got 3"),
+])
+def test_wrong_type(tmp_path, text, field, expected):
+    message = _error(tmp_path, text)
+    assert f": {field}: {expected}" in message
+
+
+@pytest.mark.parametrize("text, field, expected", [
+    ("grid: {nx: 4, ny: 16}\n", "grid.nx", "expected an integer from 8 to 2048, got 4"),
+    ("grid: {nx: 32, ny: 4096}\n", "grid.ny", "expected an integer from 8 to 2048, got 4096"),
+    ("ratio: 5000\n", "ratio", "expected a number from 1 to 1000, got 5000"),
+    ("ratio: 0.5\n", "ratio", "expected a number from 1 to 1000, got 0.5"),
+    ("gravity: 1e9\n", "gravity", "expected a number from -100 to 100"),
+    ("solver: {tol: 0}\n", "solver.tol", "expected a number from 1e-14 to 0.1, got 0"),
+    ("solver: {maxiter: 0}\n", "solver.maxiter", "expected an integer from 1 to 1000000, got 0"),
+    ("time: {frame_dt: -1}\n", "time.frame_dt", "expected a number above 0 and at most 0.1, got -1"),
+    ("time: {max_substeps: 100}\n", "time.max_substeps", "expected an integer from 1 to 64, got 100"),
+    ("shapes:\n  - {type: box, min: [0, 0], max: [1, 1]}\n  - {type: circle, center: [0.5, 0.5], radius: -0.1}\n",
+     "shapes[1].radius", "expected a number above 0 and at most 100, got -0.1"),
+    ("shapes:\n  - {type: box, min: [0.5, 0], max: [0.2, 1]}\n", "shapes[0].max", "expected a corner above and to the right"),
+    ("shapes:\n  - {type: circle, center: [0.5, .nan], radius: 0.1}\n", "shapes[0].center[1]",
+     "expected a number from -100 to 100"),
+    ("shapes:\n  - {type: halfplane, point: [0, 0], normal: [0, 0]}\n", "shapes[0].normal", "expected a nonzero direction [nx, ny], got [0, 0]"),
+])
+def test_out_of_range(tmp_path, text, field, expected):
+    message = _error(tmp_path, text)
+    assert f": {field}: {expected}" in message
+
+
+def test_missing_required_shape_field(tmp_path):
+    message = _error(tmp_path, "shapes:\n  - {type: circle, center: [0.5, 0.5]}\n")
+    assert ": shapes[0].radius: missing" in message
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nowhere.yaml"
+    with pytest.raises(SceneError) as info:
+        load_scene(path)
+    assert str(info.value).startswith(f"{path}: (file): expected a readable UTF-8 scene file")
+    assert "No such file" in str(info.value)
+
+
+@pytest.mark.parametrize("text, where", [
+    ("grid: {nx: 32, ny: 16\nratio: 3\n", "line "),
+    ("name: a\n  ratio: 3\n", "line 2"),
+    ("", "(scene): expected a mapping"),
+    ("- just\n- a list\n", "(scene): expected a mapping"),
+])
+def test_bad_yaml(tmp_path, text, where):
+    message = _error(tmp_path, text)
+    assert where in message
+
+
+def test_scene_error_is_a_value_error():
+    assert issubclass(SceneError, ValueError)
+
+
+def test_overrides():
+    scene = parse_scene({"grid": {"nx": 32, "ny": 16}}, "x")
+    out = scene.with_overrides(grid=(64, 64), ratio=10, solver="jacobi", tol=1e-8, maxiter=50)
+    assert (out.grid.nx, out.grid.ny, out.ratio) == (64, 64, 10.0)
+    assert (out.solver.method, out.solver.tol, out.solver.maxiter) == ("jacobi", 1e-8, 50)
+    assert scene.with_overrides() == scene
+    for kwargs, field in ((dict(ratio=2000), "--ratio"), (dict(grid=(4, 16)), "--grid nx"),
+                          (dict(solver="magic"), "--solver"), (dict(tol=-1.0), "--tol")):
+        with pytest.raises(SceneError, match=f"^command line: {field}: expected"):
+            scene.with_overrides(**kwargs)

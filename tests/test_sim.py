@@ -1,0 +1,261 @@
+"""The simulator against its contracts: the Poisson system it builds, the projection, rest, volume, robustness."""
+from dataclasses import fields as dataclass_fields
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import map_coordinates
+
+from precond import PoissonSystem, SolveResult, Solver
+from precond.synthetic import two_phase_system
+from sim import FrameStats, Simulation, SimulationError, load_scene
+from sim.levelset import shift
+from sim.scene import parse_scene
+
+SCENES = Path(__file__).resolve().parent.parent / "scenes"
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Taichi's and torch's thread pools fight over 2 cores (a solve can take 100x longer); tests use one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _scene(shapes, nx=32, ny=16, ratio=1000.0, top="wall", **extra):
+    return parse_scene({"grid": {"nx": nx, "ny": ny}, "ratio": ratio, "boundary": {"top": top},
+                        "shapes": shapes, **extra}, "test")
+
+
+def _sim(scene):
+    return Simulation(scene, Solver("mgpcg"))
+
+
+def _dambreak(nx=32, ny=16, ratio=1000.0, top="wall", **extra):
+    width = 0.2 * nx / ny  # 0.4 of a 2-wide domain: the same fractions on every grid
+    return _scene([{"type": "box", "min": [0, 0], "max": [width, 0.6]}], nx, ny, ratio, top, **extra)
+
+
+def _face_velocities(sim):
+    return sim._s.read("u", (sim.nx + 1, sim.ny)), sim._s.read("v", (sim.nx, sim.ny + 1))
+
+
+def _sharp_volume(phi):
+    """Area fraction where the bilinear interpolant of phi is negative, by 4 x 4 supersampling per cell."""
+    nx, ny = phi.shape
+    s = (np.arange(4 * nx) + 0.5) / 4 - 0.5
+    t = (np.arange(4 * ny) + 0.5) / 4 - 0.5
+    return float((map_coordinates(phi.astype(np.float64), np.meshgrid(s, t, indexing="ij"), order=1,
+                                  mode="nearest") < 0).mean())
+
+
+# ---------------------------------------------------------------------- the Poisson system
+@pytest.mark.parametrize("top", ["open", "wall"])
+def test_assembled_matrix_is_spd_and_follows_the_face_rule(top):
+    sim = _sim(_scene([{"type": "box", "min": [0, 0], "max": [1.2, 0.35]},
+                       {"type": "circle", "center": [0.5, 0.7], "radius": 0.15, "velocity": [0.5, -1]},
+                       {"type": "circle", "center": [0.9, 0.15], "radius": 0.1, "phase": "air"}],
+                      nx=12, ny=10, ratio=1000.0, top=top))
+    sim.step()
+    system = sim.last_system
+    assert isinstance(system, PoissonSystem) and system.shape == (12, 10) and system.dtype == torch.float64
+    a = system.to_csr().toarray()
+    assert np.array_equal(a, a.T)
+    w = np.linalg.eigvalsh(a)
+    if top == "open":
+        assert w[0] > 1e-6 * w[-1] and not system.singular
+    else:  # closed box: positive semi-definite, null space exactly the constants
+        assert abs(w[0]) < 1e-12 * w[-1] and w[1] > 1e-6 * w[-1] and system.singular
+        assert np.abs(a @ np.ones(a.shape[0])).max() < 1e-12 * w[-1]
+    # The same face rule as precond.synthetic, on the level set the system was built from.
+    ref = two_phase_system(sim._s.read("phi_a", (12, 10)), 1000.0, open_top=top == "open")
+    for name in ("diag", "cx", "cy"):
+        np.testing.assert_allclose(getattr(system, name).numpy(), getattr(ref, name).numpy(), rtol=1e-5, atol=1e-7)
+    assert sim.last_rhs.shape == (120,) and sim.last_rhs.dtype == torch.float64
+
+
+@pytest.mark.parametrize("scene", ["dambreak", "drop"])
+def test_divergence_after_projection_is_the_solver_residual(scene):
+    sim = _sim(load_scene(SCENES / f"{scene}.yaml").with_overrides(grid=(32, 16) if scene == "dambreak" else (24, 24)))
+    for _ in range(12):
+        stats = sim.step()
+    u, v = _face_velocities(sim)
+    div = (u[1:] - u[:-1] + v[:, 1:] - v[:, :-1]).reshape(-1)  # outward flux per cell, the units of b
+    b = sim.last_rhs.numpy()
+    tol = sim.solver.tol
+    assert stats.converged and stats.residual <= tol
+    # div = b - A p exactly, plus the float32 rounding of the four face velocities of every cell.
+    bound = 2.0 * tol * np.linalg.norm(b) + 4.0 * EPS32 * max(np.abs(u).max(), np.abs(v).max()) * np.sqrt(div.size)
+    assert np.linalg.norm(div) <= bound
+    assert np.linalg.norm(div) < 1e-5 * np.linalg.norm(b)
+
+
+# ---------------------------------------------------------------------- physics
+@pytest.mark.parametrize("top", ["wall", "open"])
+def test_hydrostatic_rest_at_1000_to_1(top):
+    sim = _sim(_scene([{"type": "box", "min": [0, 0], "max": [1, 0.37]}], nx=32, ny=32, ratio=1000.0, top=top))
+    worst = 0.0
+    for _ in range(200):
+        sim.step()
+        f = sim.fields()
+        worst = max(worst, float(np.abs(f["u"]).max()), float(np.abs(f["v"]).max()))
+    # Gravity adds g dt = 0.16 m/s to every vertical face each frame and the pressure gradient,
+    # weighted by the same face densities, must take all of it back: with a flat interface the
+    # balance is exact, so only the PCG residual (1e-6 relative to |b| ~ g dt) and float32
+    # rounding of u* - c grad p (~1e-7 g dt) remain, and the next projection removes them again
+    # rather than letting them add up. 1e-5 m/s (1e-4 g dt) leaves a 30x margin over the measured
+    # ~3e-7 m/s; a free fall would reach 33 m/s in these 200 frames.
+    assert worst < 1e-5
+    assert abs(sim.water_volume() - 0.37) < 1e-4
+
+
+def test_dambreak_keeps_its_volume_over_1000_frames():
+    """N = 4,096 (64 x 64), the dam break's fractions: the column is 20% wide and 60% high."""
+    sim = _sim(_dambreak(64, 64))
+    start = _sharp_volume(sim.fields()["phi"])
+    assert start == pytest.approx(0.12, abs=2e-3)
+    for frame in range(1, 1001):
+        stats = sim.step()
+        if frame % 100 == 0:
+            assert abs(_sharp_volume(sim.fields()["phi"]) / start - 1.0) < 0.01, f"frame {frame}"
+            assert abs(stats.volume / start - 1.0) < 0.01
+    assert sim.frame == 1000 and sim.time == pytest.approx(1000 / 60)
+
+
+@pytest.mark.parametrize("correct", [True, False])
+def test_volume_correction_restores_the_target(correct):
+    sim = _sim(_dambreak(volume_correction=correct))
+    target = sim.water_volume()
+    shift(sim._s, 0.3 / sim.ny)  # the interface moves 0.3 cells into the water: a volume loss
+    for _ in range(3):
+        sim.step()
+    error = abs(sim.water_volume() / target - 1.0)
+    assert error < 0.005 if correct else error > 0.02
+
+
+@pytest.mark.parametrize("name, grid", [("dambreak", (32, 16)), ("drop", (24, 24)), ("bubbles", (16, 24)),
+                                        ("sloshing", (32, 16))])
+def test_every_scene_runs_500_frames_at_1000_to_1(name, grid):
+    scene = load_scene(SCENES / f"{name}.yaml").with_overrides(grid=grid, ratio=1000.0)
+    sim = _sim(scene)
+    start = sim.water_volume()
+    for _ in range(500):
+        stats = sim.step()
+        assert 1 <= stats.substeps <= scene.time.max_substeps
+    for key, value in sim.fields().items():
+        assert np.isfinite(value).all(), key
+    assert stats.frame == 500 and stats.solver == "mgpcg"
+    assert abs(sim.water_volume() / start - 1.0) < 0.02
+
+
+# ---------------------------------------------------------------------- failure
+def test_non_finite_velocity_stops_the_step():
+    sim = _sim(_dambreak())
+    for _ in range(3):
+        sim.step()
+    sim._s.u[5, 4] = float("nan")
+    with pytest.raises(SimulationError, match=r"^frame 4 \(t = 0\.0500 s\): non-finite velocity u in the state"):
+        sim.step()
+    assert sim.frame == 3
+
+
+class _BrokenSolver(Solver):
+    def solve(self, system, b, x0=None):
+        x = torch.full_like(b, float("nan"))
+        return SolveResult(x, 3, float("nan"), False, 0.0, "broken")
+
+
+def test_non_finite_pressure_never_reaches_the_state():
+    sim = _sim(_dambreak())
+    sim.step()
+    before = sim.fields()
+    sim.set_solver(_BrokenSolver())
+    with pytest.raises(SimulationError, match=r"^frame 2 .*non-finite pressure from the broken solve"):
+        sim.step()
+    after = sim.fields()
+    for key in before:
+        np.testing.assert_array_equal(before[key], after[key])
+    sim.set_solver(Solver("mgpcg"))
+    assert sim.step().frame == 2
+
+
+# ---------------------------------------------------------------------- the public API
+def test_fields_and_stats():
+    sim = _sim(_dambreak())
+    stats = sim.step()
+    assert isinstance(stats, FrameStats)
+    assert {f.name for f in dataclass_fields(FrameStats)} >= {
+        "frame", "time", "dt", "substeps", "ms_advect", "ms_assemble", "ms_inference", "ms_pcg", "ms_project",
+        "ms_total", "iterations", "residual", "converged", "solver", "fell_back", "note", "volume"}
+    assert stats.frame == sim.frame == 1 and stats.time == pytest.approx(1 / 60) == sim.time
+    assert stats.iterations > 0 and stats.converged and not stats.fell_back and stats.solver == "mgpcg"
+    assert stats.ms_total >= stats.ms_advect + stats.ms_assemble + stats.ms_pcg + stats.ms_project
+    f = sim.fields()
+    assert set(f) == {"phi", "rho", "pressure", "speed", "vorticity", "u", "v"}
+    for value in f.values():
+        assert value.shape == (32, 16) and value.dtype == np.float32
+    assert f["rho"].min() >= 1.0 and f["rho"].max() <= 1000.0
+    assert f["rho"][0, 0] == pytest.approx(1000.0) and f["rho"][-1, -1] == pytest.approx(1.0)
+    assert f["pressure"][0, 0] > f["pressure"][0, -1]  # hydrostatic: higher at the bottom
+    np.testing.assert_allclose(f["speed"], np.hypot(f["u"], f["v"]), rtol=1e-5, atol=1e-6)
+
+
+def test_substeps_follow_the_cfl_number():
+    # 8 m/s on a 1/32 grid moves 4.3 cells in a 1/60 s frame: two substeps at CFL 3.
+    base = _scene([{"type": "box", "min": [0, 0], "max": [2, 0.5], "velocity": [8, 0]}], nx=64, ny=32, top="open")
+    fast = _sim(base)
+    stats = fast.step()
+    assert stats.substeps > 1 and stats.cfl <= base.time.cfl + 1e-6
+    capped = _sim(replace(base, time=replace(base.time, max_substeps=1)))
+    stats = capped.step()
+    assert stats.substeps == 1 and stats.cfl > base.time.cfl  # reported, not hidden
+
+
+def test_resize_and_set_ratio_mid_run():
+    sim = _sim(_dambreak())
+    for _ in range(20):
+        sim.step()
+    volume = sim.water_volume()
+    for nx, ny in ((48, 24), (16, 8), (64, 32)):  # larger, within capacity, beyond capacity
+        sim.resize(nx, ny)
+        assert (sim.nx, sim.ny) == (nx, ny) and sim.fields()["phi"].shape == (nx, ny)
+        assert sim.water_volume() == pytest.approx(volume, rel=0.05)
+        for _ in range(10):
+            stats = sim.step()
+        assert stats.converged and sim.last_system.shape == (nx, ny)
+    sim.set_ratio(10.0)
+    for _ in range(10):
+        stats = sim.step()
+    assert stats.converged and sim.fields()["rho"].max() == pytest.approx(10.0)
+    for value in sim.fields().values():
+        assert np.isfinite(value).all()
+    assert sim.frame == 60
+    with pytest.raises(ValueError, match="ratio"):
+        sim.set_ratio(0.5)
+    with pytest.raises(ValueError, match="nx"):
+        sim.resize(4, 16)
+
+
+def test_reset_add_water_and_push():
+    sim = _sim(_dambreak(top="open"))
+    start = sim.water_volume()
+    for _ in range(5):
+        sim.step()
+    sim.add_water(1.5, 0.7, 0.1)
+    added = sim.water_volume() - start
+    assert added == pytest.approx(np.pi * 0.01 / 2.0, rel=0.1)  # a disc of radius 0.1 in a 2 x 1 domain
+    for _ in range(5):
+        sim.step()
+    assert sim.water_volume() == pytest.approx(start + added, rel=0.01)
+    sim.push(1.0, 0.5, 3.0, 0.0, 0.2)
+    assert sim.fields()["u"][16, 8] > 1.0
+    with pytest.raises(ValueError):
+        sim.push(1.0, float("nan"), 1.0, 0.0, 0.2)
+    sim.reset()
+    assert (sim.frame, sim.time) == (0, 0.0) and sim.water_volume() == pytest.approx(start)
+    assert np.abs(sim.fields()["speed"]).max() == 0.0
