@@ -12,7 +12,7 @@ from typing import Callable, Optional
 from sim.simulation import FrameStats, Simulation
 
 from .recorder import Recorder, RecordingError, save_png
-from .render import Renderer, RenderTarget, create_offscreen_context, picture_size
+from .render import PICTURE_HEIGHT, Renderer, RenderTarget, create_offscreen_context, picture_size
 
 
 def warn(err: BaseException, consequence: str) -> None:
@@ -26,9 +26,11 @@ def recording_fps(sim: Simulation) -> float:
 
 
 def run_headless(sim: Simulation, frames: int, record: Optional[str] = None, screenshot: Optional[str] = None,
-                 render_mode: str = "phase",
-                 on_frame: Optional[Callable[[FrameStats], None]] = None) -> list[FrameStats]:
+                 render_mode: str = "phase", on_frame: Optional[Callable[[FrameStats], None]] = None,
+                 height: int = PICTURE_HEIGHT) -> list[FrameStats]:
     """Step `sim` `frames` times; record every frame to `record`, save the last view to `screenshot`.
+
+    Pictures are `height` pixels high with the grid's aspect ratio (the window's recordings use the default).
 
     SimulationError and KeyboardInterrupt propagate; the recording is finished either way.
     """
@@ -38,7 +40,7 @@ def run_headless(sim: Simulation, frames: int, record: Optional[str] = None, scr
             renderer = Renderer(create_offscreen_context())
         except RuntimeError as err:
             warn(err, "the run goes on without pictures")
-    size = picture_size(sim.nx, sim.ny)
+    size = picture_size(sim.nx, sim.ny, height)
     target: Optional[RenderTarget] = None
     recorder: Optional[Recorder] = None
     if record and renderer is not None:
