@@ -4,7 +4,8 @@ Positions are in cell units (x / h): u[i, j] sits at (i, j + 1/2), v[i, j] at (i
 cell-centred quantities at (i + 1/2, j + 1/2). Velocities are in domain units per second, so a
 step moves a point by `dth * u` cells with dth = dt / h. Velocity is advected semi-Lagrangian
 (RK2 backtrace); the level set by MacCormack with min/max clamping (Selle et al. 2008) within a
-band around the interface, semi-Lagrangian beyond it, where only its sign matters.
+band around the interface, semi-Lagrangian with one Euler step beyond it, where only its sign and
+a rough distance matter (reinitialisation rebuilds the distance from the interface outwards).
 
 `advect` is one kernel launch: its two top-level loops (forward pass with the state check, then the
 MacCormack correction) run one after the other. Loops are parallel over i with j inner: on the
@@ -64,8 +65,10 @@ def centre_velocity(s: ti.template(), i: ti.i32, j: ti.i32) -> ti.math.vec2:
 
 
 @ti.func
-def advect_forward(s: ti.template(), dth: ti.f32, gdt: ti.f32, nx: ti.i32, ny: ti.i32, open_top: ti.i32):
-    """u*, v* = semi-Lagrangian u, v plus gravity (gdt = g dt on v); phi_f = semi-Lagrangian phi, bt its trace.
+def advect_forward(s: ti.template(), dth: ti.f32, gdt: ti.f32, band: ti.f32, nx: ti.i32, ny: ti.i32,
+                   open_top: ti.i32):
+    """u*, v* = semi-Lagrangian u, v plus gravity (gdt = g dt on v); phi_f = semi-Lagrangian phi, bt its trace
+    (midpoint rule within `band` of the interface, Euler beyond).
 
     Also flags non-finite state values (scan_point)."""
     for i in range(nx + 1):
@@ -87,7 +90,11 @@ def advect_forward(s: ti.template(), dth: ti.f32, gdt: ti.f32, nx: ti.i32, ny: t
                     val = bilerp(s.v, p.x - 0.5, p.y, nx, ny + 1) + gdt
                 s.vs[i, j] = val
             if i < nx and j < ny:
-                p = backtrace(s, ti.math.vec2(i + 0.5, j + 0.5), centre_velocity(s, i, j), dth, nx, ny)
+                c = ti.math.vec2(i + 0.5, j + 0.5)
+                vc = centre_velocity(s, i, j)
+                p = inside(c - dth * vc, nx, ny)  # far from the interface only the sign matters: one Euler step
+                if ti.abs(s.phi[i, j]) < band:
+                    p = backtrace(s, c, vc, dth, nx, ny)
                 s.bt[i, j] = p
                 s.phi_f[i, j] = bilerp(s.phi, p.x - 0.5, p.y - 0.5, nx, ny)
 
@@ -113,6 +120,6 @@ def advect(s: ti.template(), dth: ti.f32, gdt: ti.f32, band: ti.f32) -> ti.i32:
     """u*, v* (with gravity) and phi_a from the state; returns the flags of non-finite state values."""
     nx, ny, open_top = s.size[0], s.size[1], s.size[2]
     s.size[3] = 0
-    advect_forward(s, dth, gdt, nx, ny, open_top)
+    advect_forward(s, dth, gdt, band, nx, ny, open_top)
     advect_correct(s, dth, band, nx, ny)
     return s.size[3]

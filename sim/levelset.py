@@ -11,8 +11,8 @@ far field, warm-started by advection, converges over frames. All of it is one ke
 Volume: each cell holds water fraction w(phi) with a smoothed step of half-width one cell, so the
 water volume is sum(w) h^2 and its change under phi -> phi + c is -c sum(delta) h with delta the
 smoothed delta function: the interface length in cells. The volume correction shifts phi by
-(V - V_target) / length once a frame (one Newton step), which moves the interface by the same
-distance everywhere.
+(V - V_target) / length once a frame (one Newton step, applied with the next reinitialisation),
+which moves the interface by the same distance everywhere.
 """
 
 import math
@@ -139,10 +139,9 @@ def _jacobi(s: ti.template(), src: ti.template(), dst: ti.template(), nx: ti.i32
 
 
 @ti.kernel
-def reinitialize(s: ti.template()) -> ti.math.vec2:
-    """Rebuild phi as a distance around its zero level set (seed, three Jacobi updates: one launch).
-
-    Returns (water volume, interface length) in cells."""
+def reinitialize(s: ti.template(), dphi: ti.f32) -> ti.math.vec2:
+    """Rebuild phi as a distance around its zero level set (seed, three Jacobi updates: one launch), then add
+    dphi (domain units; the volume correction's shift). Returns (water volume, interface length) in cells."""
     nx, ny = s.size[0], s.size[1]
     h = 1.0 / ny
     cap = ti.cast(nx + ny, ti.f32) * h
@@ -155,29 +154,13 @@ def reinitialize(s: ti.template()) -> ti.math.vec2:
         row_vol = 0.0  # per-row partial sums: one atomic add per row
         row_len = 0.0
         for j in range(ny):
-            out = _godunov(s, s.phi_b, i, j, nx, ny, h, cap)
+            out = _godunov(s, s.phi_b, i, j, nx, ny, h, cap) + dphi
             s.phi[i, j] = out
             row_vol += water_fraction(out / h)
             row_len += smoothed_delta(out / h)
         vol += row_vol
         length += row_len
     return ti.math.vec2(vol, length)
-
-
-@ti.kernel
-def shift(s: ti.template(), dphi: ti.f32) -> ti.f32:
-    """phi += dphi (domain units) everywhere; returns the new water volume in cells."""
-    nx, ny = s.size[0], s.size[1]
-    inv_h = ti.cast(ny, ti.f32)
-    vol = 0.0
-    for i in range(nx):
-        row_vol = 0.0
-        for j in range(ny):
-            p = s.phi[i, j] + dphi
-            s.phi[i, j] = p
-            row_vol += water_fraction(p * inv_h)
-        vol += row_vol
-    return vol
 
 
 @ti.kernel

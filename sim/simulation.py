@@ -121,8 +121,9 @@ class Simulation:
         for name, values in (("phi", phi), ("u", u), ("v", v), ("p", p)):
             self._s.write(name, values)
         for _ in range(SETTLE_PASSES):
-            vol = levelset.reinitialize(self._s)[0]
+            vol = levelset.reinitialize(self._s, 0.0)[0]
         self._volume = float(vol) / (self.nx * self.ny)
+        self._shift = 0.0
         self._vmax = self._checked(float(check(self._s)), "in the new state")
         self._x_prev: Optional[torch.Tensor] = None
         self._dt_prev = 1.0
@@ -164,7 +165,7 @@ class Simulation:
             raise ValueError(f"radius: expected a number above 0, got {radius!r}")
         levelset.add_disc(self._s, x, y, radius)
         before = self._volume
-        self._volume = float(levelset.reinitialize(self._s)[0]) / (self.nx * self.ny)
+        self._volume = float(levelset.reinitialize(self._s, 0.0)[0]) / (self.nx * self.ny)
         self._target += self._volume - before
 
     def push(self, x: float, y: float, du: float, dv: float, radius: float) -> None:
@@ -257,12 +258,14 @@ class Simulation:
             fell_back=fell_back, note="; ".join(notes), volume=self._volume)
 
     def _finish_frame(self) -> None:
-        """Reinitialise phi, then (volume correction) shift it so the water volume returns to its target."""
+        """Reinitialise phi (applying the pending volume correction) and work out the next correction.
+
+        Volume correction: a global shift of phi by (V - V_target) / (interface length), at most
+        MAX_SHIFT_CELLS a frame, applied with the next reinitialisation (one frame later)."""
         cells = self.nx * self.ny
-        vol, length = levelset.reinitialize(self._s)
-        vol = float(vol)
+        vol, length = levelset.reinitialize(self._s, self._shift)
+        self._volume = float(vol) / cells
+        self._shift = 0.0
         if self.scene.volume_correction and length > 1.0:
-            shift_cells = (vol - self._target * cells) / float(length)
-            shift_cells = max(-MAX_SHIFT_CELLS, min(MAX_SHIFT_CELLS, shift_cells))
-            vol = float(levelset.shift(self._s, shift_cells / self.ny))
-        self._volume = vol / cells
+            shift_cells = (float(vol) - self._target * cells) / float(length)
+            self._shift = max(-MAX_SHIFT_CELLS, min(MAX_SHIFT_CELLS, shift_cells)) / self.ny
