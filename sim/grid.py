@@ -1,7 +1,8 @@
 """The Taichi fields of one simulation, allocated at a capacity so that resizing rarely recompiles.
 
 Every field is allocated at `(capx + 1, capy + 1)` with `capx`, `capy` powers of two, and the
-kernels read the live size from `size = [nx, ny, open_top]`, so any grid up to the capacity
+kernels read the live size from `size = [nx, ny, open_top, flags]` (flags: the non-finite
+values a kernel found, see sim.assemble), so any grid up to the capacity
 reuses the compiled kernels. States are pooled by capacity: a simulation that is dropped (or
 outgrows its state) hands it back, and the next one of that capacity takes it, compiled.
 """
@@ -19,6 +20,7 @@ _SCALARS = ("phi", "phi_f", "phi_a", "phi_b", "phi_c", "fixed", "u", "us", "v", 
 
 
 def _capacity(n: int) -> int:
+    """The power of two (at least 8) that n cells fit in."""
     return 1 << max(3, (n - 1).bit_length())
 
 
@@ -45,7 +47,7 @@ class GridState:
             setattr(self, name, f)
         self.bt = ti.Vector.field(2, ti.f32)
         fb.dense(ti.ij, shape).place(self.bt)
-        self._tree = fb.finalize()
+        fb.finalize()
 
     def fits(self, nx: int, ny: int) -> bool:
         return nx <= self.capx and ny <= self.capy

@@ -107,9 +107,9 @@ class Simulation:
             if shape.velocity is not None:
                 u[shape.sdf(ux, uy) < 0.0] = shape.velocity[0]
                 v[shape.sdf(vx, vy) < 0.0] = shape.velocity[1]
-        self._load(phi, u, v, np.zeros((nx, ny)))
         self.frame = 0
         self.time = 0.0
+        self._load(phi, u, v, np.zeros((nx, ny)))
         self._target = self._volume
 
     def _load(self, phi: np.ndarray, u: np.ndarray, v: np.ndarray, p: np.ndarray) -> None:
