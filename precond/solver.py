@@ -30,6 +30,8 @@ _REGISTRY: dict[str, str] = {
     "jacobi": "precond.jacobi:Jacobi",
     "ic0": "precond.ic0:IC0",
     "mgpcg": "precond.multigrid:Multigrid",
+    "htp": "precond.htp:HTP",
+    "neural_spai": "precond.neural_spai:NeuralSPAI",
 }
 METHODS: tuple[str, ...] = tuple(_REGISTRY)
 

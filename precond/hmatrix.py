@@ -1,0 +1,274 @@
+"""The HTP operator: an SPD approximate inverse in hierarchical (H-matrix) form.
+
+    M = G G^T + eps I,        G = [ B + F  |  W ]
+
+* B (leaf blocks): dense L x L blocks on the diagonal. Their analytic part is the exact
+  block-Jacobi factor L_i^-T (A_ii = L_i L_i^T, batched Cholesky), so B B^T alone is the
+  block-Jacobi preconditioner; the network adds a low-rank correction.
+* F (far field of G): for every pair of sibling clusters (c, c') at every depth, the block
+  G[c, c'] = U_c V_{c'}^T of rank r (weak admissibility). U and V are written in a per-leaf
+  basis Q_i of k "harmonic" vectors: Q_i = A_ii^-1 E_i, the leaf's responses to unit data on
+  `segments` pieces of each of its four sides, weighted by the couplings across them. These
+  are the shapes that off-diagonal blocks of A^-1 take inside a leaf (A-harmonic away from
+  the sources), adapted to the density jumps, at k numbers per leaf instead of L.
+* W (coarse columns): for every cluster c at every depth, r columns W_c = V_c R_c supported
+  on c, with V_c = [Q_i C_i]_{i in c} the harmonic "constants" of r equal sub-clusters (fixed
+  selections C) and R_c R_c^T = w_c (V_c^T A_cc V_c)^-1, so W_c W_c^T is the Galerkin inverse
+  of A on span(V_c) with a learned weight w_c: an additive multilevel coarse correction whose
+  scale is right for any density ratio by construction. Each W_c W_c^T couples c's two
+  children by a rank-r block: the same weak-admissibility pattern. (Letting the network
+  reshape V_c too lowered the probe loss but raised PCG iterations, so V_c stays analytic.)
+
+SPD for every network output: G G^T is positive semidefinite for any G, and eps > 0 makes
+M positive definite. Padding cells (see partition.py) carry zeros in Q, so M on the real
+cells is a principal submatrix of an SPD matrix.
+
+Applying M is G^T then G: per leaf two L x L and two L x k batched GEMMs, per depth a few
+k x r einsums and a sum over equal-sized contiguous groups (a reshape): O(N (L + k)
++ N/L * k r log(N/L)) with no sparse indexing (the cell <-> leaf permutation is a transpose).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .partition import Partition
+from .system import PoissonSystem
+
+FIELDS = ("diag", "east", "west", "north", "south", "real")
+
+
+def leaf_arrays(system: PoissonSystem, part: Partition) -> torch.Tensor:
+    """Per-cell stencil data in leaf order: (6, n_leaves, L) for FIELDS (couplings to each side)."""
+    west = torch.zeros_like(system.cx)
+    south = torch.zeros_like(system.cy)
+    west[1:] = system.cx[:-1]
+    south[:, 1:] = system.cy[:, :-1]
+    stack = torch.stack([system.diag, system.cx, west, system.cy, south, torch.ones_like(system.diag)])
+    return part.to_leaf(stack.reshape(6, -1)).view(6, part.n_leaves, part.leaf_size)
+
+
+def leaf_matrices(arrays: torch.Tensor, part: Partition, jitter: float = 1e-6) -> torch.Tensor:
+    """A's diagonal blocks A_ii (n_leaves, L, L); padding and isolated cells get identity rows."""
+    diag, east, _, north, _, real = arrays
+    tx, ty, size = part.tx, part.ty, part.leaf_size
+    d = torch.where((real > 0) & (diag > 0), diag, torch.ones_like(diag))
+    a = torch.diag_embed(d * (1.0 + jitter))
+    k = torch.arange(size, device=arrays.device)
+    e = k[k // ty < tx - 1]
+    n = k[k % ty < ty - 1]
+    a[:, e, e + ty] = -east[:, e]
+    a[:, e + ty, e] = -east[:, e]
+    a[:, n, n + 1] = -north[:, n]
+    a[:, n + 1, n] = -north[:, n]
+    return a
+
+
+def harmonic_sources(arrays: torch.Tensor, part: Partition, segments: int) -> torch.Tensor:
+    """E_i: coupling-weighted indicators of `segments` pieces of each leaf side, (n_leaves, L, 4*segments)."""
+    _, east, west, north, south, _ = arrays
+    tx, ty = part.tx, part.ty
+    if tx % segments or ty % segments:
+        raise ValueError(f"{segments} segments do not divide the {tx}x{ty} leaf sides")
+    k = torch.arange(part.leaf_size, device=arrays.device)
+    li, lj = k // ty, k % ty
+    sides = ((west, li == 0, lj, ty), (east, li == tx - 1, lj, ty),
+             (south, lj == 0, li, tx), (north, lj == ty - 1, li, tx))
+    cols = [coupling * (on_side & (along * segments // length == s))
+            for coupling, on_side, along, length in sides for s in range(segments)]
+    return torch.stack(cols, -1)
+
+
+def coarse_selection(part: Partition, k: int, rank: int) -> torch.Tensor:
+    """Initial coarse coefficients (depth, n_leaves, k, rank) for the harmonic basis.
+
+    A depth-d cluster of 2^h leaves (h = depth - d) gets the harmonic constants (sum of a
+    leaf's k responses, ~1 on the leaf) of `rank` equal contiguous sub-clusters; a cluster
+    of fewer than `rank` leaves splits each leaf's k responses into rank / 2^h groups
+    (sides, then pairs of sides).
+    """
+    if rank & (rank - 1) or rank < 1:
+        raise ValueError(f"rank must be a power of two, got {rank}")
+    nl, depth = part.n_leaves, part.depth
+    sel = torch.zeros(depth, nl, k, rank)
+    leaves = torch.arange(nl)
+    for d in range(depth):
+        size = 1 << (depth - d)
+        pos = leaves % size
+        if size >= rank:
+            sel[d, leaves, :, pos * rank // size] = 1.0
+        else:
+            per = rank // size
+            if per > k:
+                raise ValueError(f"rank {rank} needs at least {per} basis vectors per leaf, have {k}")
+            col = (pos * per)[:, None] + (torch.arange(k) * per // k)[None, :]
+            sel[d, leaves[:, None], torch.arange(k)[None, :], col] = 1.0
+    return sel
+
+
+@dataclass
+class Analytic:
+    """Per-system quantities computed without the network (float64 factorisations, cast to `dtype`)."""
+
+    arrays: torch.Tensor     # (6, nl, L) leaf-order stencil data, FIELDS
+    leaf: torch.Tensor       # (nl, L, L) L_i^-T: block-Jacobi factor
+    basis: torch.Tensor      # (nl, L, k) harmonic basis Q_i
+    scale: torch.Tensor      # (nl,) mean(diag)^-1/2 over the leaf's real cells
+    selection: torch.Tensor  # (depth, nl, k, r) initial coarse coefficients
+
+    @classmethod
+    def build(cls, system: PoissonSystem, part: Partition, segments: int, rank: int,
+              dtype: torch.dtype = torch.float32) -> "Analytic":
+        arrays = leaf_arrays(system.to(dtype=torch.float64), part)
+        chol = torch.linalg.cholesky(leaf_matrices(arrays, part))
+        eye = torch.eye(part.leaf_size, dtype=torch.float64, device=chol.device).expand_as(chol)
+        leaf = torch.linalg.solve_triangular(chol, eye, upper=False).transpose(1, 2)
+        basis = torch.cholesky_solve(harmonic_sources(arrays, part, segments), chol)
+        real = arrays[5]
+        mean_d = (arrays[0] * real).sum(1) / real.sum(1).clamp_min(1)
+        scale = torch.where(mean_d > 0, mean_d, torch.ones_like(mean_d)).rsqrt()
+        sel = coarse_selection(part, basis.shape[-1], rank).to(chol.device)
+        return cls(arrays.to(dtype), leaf.to(dtype).contiguous(), basis.to(dtype).contiguous(),
+                   scale.to(dtype), sel.to(dtype))
+
+
+def cut_matvec(system: PoissonSystem, part: Partition, depth: int, v: torch.Tensor) -> torch.Tensor:
+    """blockdiag_c(A_cc) v over the depth-`depth` clusters: A with every coupling between clusters cut."""
+    east_d, north_d = part.edge_depths()
+    cx = system.cx.to(v.dtype) * (east_d.to(v.device) >= depth)
+    cy = system.cy.to(v.dtype) * (north_d.to(v.device) >= depth)
+    q = v.reshape(-1, part.nx, part.ny)
+    out = system.diag.to(v.dtype) * q
+    out[:, :-1] -= cx[:-1] * q[:, 1:]
+    out[:, 1:] -= cx[:-1] * q[:, :-1]
+    out[:, :, :-1] -= cy[:, :-1] * q[:, :, 1:]
+    out[:, :, 1:] -= cy[:, :-1] * q[:, :, :-1]
+    return out.reshape(v.shape)
+
+
+def galerkin_factors(system: PoissonSystem, part: Partition, basis: torch.Tensor, coarse: torch.Tensor,
+                     weight: torch.Tensor, jitter: float = 1e-5) -> list[torch.Tensor]:
+    """Per depth d, R (2^d, r, r) with R R^T = w_c (V_c^T A_cc V_c)^-1 for V_c = [Q_i C_i]_{i in c}.
+
+    `coarse` is (depth, nl, k, r), `weight` (depth, nl) positive with one value per cluster.
+    A relative jitter keeps the Gram matrix invertible when the coarse functions are
+    (nearly) dependent or span a null vector of a floating (all-Neumann) cluster.
+    """
+    nl, size = part.n_leaves, part.leaf_size
+    r = coarse.shape[-1]
+    out = []
+    for d in range(part.depth):
+        v = basis @ coarse[d]                                           # (nl, L, r)
+        vr = v.permute(2, 0, 1).reshape(r, -1)
+        av = part.to_leaf(cut_matvec(system, part, d, part.from_leaf(vr)))
+        ncl = 1 << d
+        gram = torch.einsum("icx,jcx->cij", vr.view(r, ncl, -1), av.view(r, ncl, -1))
+        gram = 0.5 * (gram + gram.transpose(1, 2))
+        tr = gram.diagonal(dim1=1, dim2=2).mean(-1)
+        empty = (tr <= torch.finfo(gram.dtype).tiny).to(gram.dtype)   # all-padding clusters
+        eye = torch.eye(r, dtype=gram.dtype, device=gram.device)
+        gram = gram + (jitter * tr + empty)[:, None, None] * eye
+        chol = torch.linalg.cholesky(gram)
+        inv = torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)   # L^-1
+        w = weight[d].view(ncl, -1)[:, 0]
+        out.append(inv.transpose(1, 2) * w.sqrt()[:, None, None])
+    return out
+
+
+@dataclass
+class HMatrix:
+    """M = G G^T + eps I with G = [B + F | W], see the module docstring. Vectors in cell order."""
+
+    part: Partition
+    leaf: torch.Tensor          # (nl, L, L)   B's leaf blocks
+    basis: torch.Tensor         # (nl, L, k)   Q
+    fu: torch.Tensor            # (depth, nl, k, r) F's row factors (leaf i's slice of U_c)
+    fv: torch.Tensor            # (depth, nl, k, r) F's column factors (leaf j's slice of V_c')
+    coarse: torch.Tensor        # (depth, nl, k, r) coarse functions V_c
+    gram: list[torch.Tensor]    # per depth (2^d, r, r): R_c
+    eps: float
+
+    # ------------------------------------------------------------------ pieces of G
+    def _far(self, y: torch.Tensor, fu: torch.Tensor, fv: torch.Tensor) -> torch.Tensor:
+        """Sibling blocks in basis coordinates: z_i = sum_d fu_di sum_{j in sibling_d(i)} fv_dj^T y_j."""
+        depth, nl = fu.shape[0], fu.shape[1]
+        if depth == 0:
+            return torch.zeros_like(y)
+        t = torch.einsum("dlkr,lkm->dlrm", fv, y)
+        swapped = []
+        for d in range(depth):
+            half = nl >> (d + 1)
+            s = t[d].reshape(-1, 2, half, *t.shape[2:]).sum(2).flip(1)          # (pairs, 2, r, m)
+            swapped.append(s.unsqueeze(2).expand(-1, 2, half, *t.shape[2:]).reshape(t.shape[1:]))
+        return torch.einsum("dlkr,dlrm->lkm", fu, torch.stack(swapped))
+
+    def _coarse_t(self, y: torch.Tensor) -> list[torch.Tensor]:
+        """W^T in basis coordinates: per depth (2^d, r, m) = R_c^T sum_{i in c} C_i^T y_i."""
+        t = torch.einsum("dlkr,lkm->dlrm", self.coarse, y)
+        return [r.transpose(1, 2) @ t[d].reshape(r.shape[0], -1, *t.shape[2:]).sum(1)
+                for d, r in enumerate(self.gram)]
+
+    def _coarse(self, u: list[torch.Tensor]) -> torch.Tensor:
+        """W u in basis coordinates: z_i = sum_d C_di (R_c u_c)."""
+        nl, k = self.basis.shape[0], self.basis.shape[2]
+        if not u:
+            return torch.zeros(nl, k, 1, dtype=self.basis.dtype, device=self.basis.device)
+        spread = [(r @ ud).unsqueeze(1).expand(r.shape[0], nl // r.shape[0], *ud.shape[1:]).reshape(nl, *ud.shape[1:])
+                  for r, ud in zip(self.gram, u)]
+        return torch.einsum("dlkr,dlrm->lkm", self.coarse, torch.stack(spread))
+
+    def g_transpose(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """G^T x for x in leaf layout (nl, L, m): the square part and the coarse part."""
+        q = self.basis
+        y = q.transpose(1, 2) @ x
+        return self.leaf.transpose(1, 2) @ x + q @ self._far(y, self.fv, self.fu), self._coarse_t(y)
+
+    def g(self, u: tuple[torch.Tensor, list[torch.Tensor]]) -> torch.Tensor:
+        """G u for u = (square part (nl, L, m), coarse part per depth)."""
+        sq, co = u
+        q = self.basis
+        z = self._far(q.transpose(1, 2) @ sq, self.fu, self.fv) + self._coarse(co)
+        return self.leaf @ sq + q @ z
+
+    # ------------------------------------------------------------------ the operator
+    def apply(self, v: torch.Tensor) -> torch.Tensor:
+        """M v for v shaped (n,) or (m, n) in cell order, in the operator's dtype."""
+        p = self.part
+        flat = v.reshape(-1, p.n).to(self.leaf.dtype)
+        x = p.to_leaf(flat).view(flat.shape[0], p.n_leaves, p.leaf_size).permute(1, 2, 0)
+        out = self.g(self.g_transpose(x)) + self.eps * x
+        return p.from_leaf(out.permute(2, 0, 1).reshape(flat.shape[0], -1)).reshape(v.shape)
+
+    def to_dense(self) -> torch.Tensor:
+        """M as a dense (n, n) matrix (tests only)."""
+        n = self.part.n
+        return self.apply(torch.eye(n, dtype=self.leaf.dtype, device=self.leaf.device)).T
+
+    def to(self, dtype: torch.dtype) -> "HMatrix":
+        return HMatrix(self.part, self.leaf.to(dtype), self.basis.to(dtype), self.fu.to(dtype), self.fv.to(dtype),
+                       self.coarse.to(dtype), [r.to(dtype) for r in self.gram], self.eps)
+
+
+def cluster_mean(values: torch.Tensor) -> torch.Tensor:
+    """(depth, nl) per-leaf values -> the mean over each depth-d cluster, broadcast back to its leaves."""
+    out = [values[d].view(1 << d, -1).mean(1, keepdim=True).expand(1 << d, values.shape[1] >> d).reshape(-1)
+           for d in range(values.shape[0])]
+    return torch.stack(out) if out else values
+
+
+def assemble(system: PoissonSystem, part: Partition, an: Analytic, leaf_corr: torch.Tensor, fu: torch.Tensor,
+             fv: torch.Tensor, log_weight: torch.Tensor, level_weight: float, eps: float) -> HMatrix:
+    """Build M from the analytic parts and dimensionless corrections (what the network predicts).
+
+    leaf_corr (nl, k, k): B_i = L_i^-T + g_i Q_i K_i Q_i^T; fu, fv (depth, nl, k, r): F's factors,
+    scaled by sqrt(g) of their leaf; log_weight (depth, nl): w_c = level_weight * exp(mean over c);
+    eps: relative to max(diag). The coarse functions are the analytic selection.
+    """
+    g = an.scale
+    q = an.basis
+    leaf = an.leaf + g[:, None, None] * (q @ leaf_corr @ q.transpose(1, 2))
+    root = g.sqrt()[None, :, None, None]
+    weight = level_weight * torch.exp(cluster_mean(log_weight))
+    gram = galerkin_factors(system, part, q, an.selection, weight)
+    return HMatrix(part, leaf, q, fu * root, fv * root, an.selection, gram, eps / float(system.diag.max()))

@@ -1,0 +1,228 @@
+"""Cluster tree of the grid: recursive coordinate bisection down to leaf tiles.
+
+The grid is padded at its high ends to `tx * 2^a` by `ty * 2^b` cells, with `tx * ty = L`
+cells per leaf tile (8 x 8 for the default L = 64) and `2^a` (`2^b`) the smallest power of
+two covering the tiles along x (y). Padding cells are decoupled identity cells: vectors are
+zero there, and an operator restricted to the real cells is a principal submatrix of the
+padded one (so SPD stays SPD). Grids whose sides are 8 times a power of two (32x32,
+128x64, 512x512, ...) need no padding; others pay at most a factor 2 per side.
+
+Every cluster of the padded grid is split in half across its longer side (x on ties).
+All clusters of one depth have the same shape, so the tree is a sequence of split axes,
+and "leaf order" (cells sorted by leaf, leaves by their path in the tree, cells inside a
+tile in C order) makes the clusters of every depth contiguous, equal-sized slices: a
+level is a reshape, never an index list. The permutation between cell order and leaf
+order is itself a reshape of the padded grid into bits followed by a transpose.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+
+def leaf_tile(leaf_size: int) -> tuple[int, int]:
+    """Tile shape (tx, ty) of a leaf of `leaf_size` cells: a power of two, tx >= ty."""
+    m = int(round(math.log2(leaf_size))) if leaf_size > 0 else -1
+    if m < 0 or 2 ** m != leaf_size:
+        raise ValueError(f"leaf size must be a power of two, got {leaf_size}")
+    return 2 ** ((m + 1) // 2), 2 ** (m // 2)
+
+
+@dataclass(frozen=True)
+class Partition:
+    """The cluster tree of one (nx, ny, leaf_size); build with `partition(nx, ny, leaf_size)`."""
+
+    nx: int
+    ny: int
+    tx: int                      # leaf tile shape
+    ty: int
+    bits_x: int                  # the padded grid has 2^bits_x tiles along x, 2^bits_y along y
+    bits_y: int
+    axes: tuple[int, ...]        # split axis (0 = x, 1 = y) of each depth, root first
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def leaf_size(self) -> int:
+        return self.tx * self.ty
+
+    @property
+    def depth(self) -> int:
+        """Number of bisection levels: the leaves sit at this depth, the root at 0."""
+        return len(self.axes)
+
+    @property
+    def n_leaves(self) -> int:
+        return 2 ** self.depth
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        return self.tx << self.bits_x, self.ty << self.bits_y
+
+    @property
+    def n(self) -> int:
+        return self.nx * self.ny
+
+    @property
+    def n_padded(self) -> int:
+        return self.n_leaves * self.leaf_size
+
+    @property
+    def tiles(self) -> tuple[int, int]:
+        """Leaves along x and y of the padded grid."""
+        return 1 << self.bits_x, 1 << self.bits_y
+
+    # ------------------------------------------------------------------ permutation as a transpose
+    def _split_dims(self) -> tuple[list[int], list[int]]:
+        """Dims of the bit view (2,)*bits_x + (tx,) + (2,)*bits_y + (ty,) in leaf order."""
+        xs = list(range(self.bits_x))                       # x bits, most significant first
+        ys = list(range(self.bits_x + 1, self.bits_x + 1 + self.bits_y))
+        order, ix, iy = [], 0, 0
+        for ax in self.axes:
+            if ax == 0:
+                order.append(xs[ix])
+                ix += 1
+            else:
+                order.append(ys[iy])
+                iy += 1
+        order += [self.bits_x, self.bits_x + 1 + self.bits_y]  # then the tile, C order
+        view = [2] * self.bits_x + [self.tx] + [2] * self.bits_y + [self.ty]
+        return view, order
+
+    def to_leaf(self, v: torch.Tensor) -> torch.Tensor:
+        """Cell order (..., nx*ny) -> leaf order (..., n_padded), zeros on padding cells."""
+        batch = v.shape[:-1]
+        px, py = self.padded_shape
+        g = v.reshape(-1, self.nx, self.ny)
+        if (px, py) != (self.nx, self.ny):
+            g = F.pad(g, (0, py - self.ny, 0, px - self.nx))
+        view, order = self._split_dims()
+        g = g.reshape(g.shape[0], *view).permute(0, *[d + 1 for d in order])
+        return g.reshape(*batch, self.n_padded)
+
+    def from_leaf(self, v: torch.Tensor) -> torch.Tensor:
+        """Leaf order (..., n_padded) -> cell order (..., nx*ny), padding dropped."""
+        batch = v.shape[:-1]
+        view, order = self._split_dims()
+        g = v.reshape(-1, *[view[d] for d in order])
+        inverse = [order.index(d) for d in range(len(order))]
+        px, py = self.padded_shape
+        g = g.permute(0, *[d + 1 for d in inverse]).reshape(-1, px, py)[:, :self.nx, :self.ny]
+        return g.reshape(*batch, self.n)
+
+    # ------------------------------------------------------------------ index tensors
+    def cell_index(self) -> torch.Tensor:
+        """For each leaf-order position, its cell k = i*ny + j, or -1 on padding."""
+        return _cell_index(self)
+
+    def leaf_coords(self) -> torch.Tensor:
+        """(n_leaves, 2) tile coordinates (column along x, row along y) of each leaf, in leaf order."""
+        return _leaf_coords(self)
+
+    def level_geometry(self) -> torch.Tensor:
+        """(depth, n_leaves, 4) where each leaf sits in the sibling pair of every depth.
+
+        Entry [d, i] describes the cluster at depth d (d = 0 root .. depth-1) that contains
+        leaf i and is split at depth d + 1 into two halves: the signed offset of the leaf's
+        centre from the split line across the split axis, and its offset from the cluster's
+        centre along the other axis, both in units of the cluster's extent; then
+        log2 of the cluster's extents in leaves along x and y.
+        """
+        return _level_geometry(self)
+
+    def edge_depths(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Deepest depth at which each east / north edge lies inside one cluster, (nx, ny) each.
+
+        The edge from cell (i, j) to (i+1, j) (resp. (i, j+1)) joins two cells of the same
+        depth-d cluster exactly when d <= its entry (`depth` when both cells share a leaf);
+        entries without an edge (last column / top row) are -1.
+        """
+        return _edge_depths(self)
+
+    def real_leaves(self) -> torch.Tensor:
+        """(n_leaves,) bool: the leaf holds at least one real (non-padding) cell."""
+        c = self.leaf_coords()
+        return (c[:, 0] * self.tx < self.nx) & (c[:, 1] * self.ty < self.ny)
+
+
+@lru_cache(maxsize=64)
+def partition(nx: int, ny: int, leaf_size: int = 64) -> Partition:
+    """The (cached) cluster tree of an nx x ny grid with leaves of `leaf_size` cells."""
+    if nx < 1 or ny < 1:
+        raise ValueError(f"grid must have positive sides, got {nx}x{ny}")
+    tx, ty = leaf_tile(leaf_size)
+    bx = max(0, math.ceil(math.log2(math.ceil(nx / tx))))
+    by = max(0, math.ceil(math.log2(math.ceil(ny / ty))))
+    axes, sx, sy = [], tx << bx, ty << by
+    while sx > tx or sy > ty:
+        if sx > tx and (sx >= sy or sy == ty):
+            axes.append(0)
+            sx //= 2
+        else:
+            axes.append(1)
+            sy //= 2
+    return Partition(nx, ny, tx, ty, bx, by, tuple(axes))
+
+
+@lru_cache(maxsize=64)
+def _cell_index(p: Partition) -> torch.Tensor:
+    k = torch.arange(p.n, dtype=torch.float64)
+    mask = p.to_leaf(torch.ones(p.n, dtype=torch.float64))
+    return torch.where(mask > 0, p.to_leaf(k), -1.0).long()
+
+
+@lru_cache(maxsize=64)
+def _leaf_coords(p: Partition) -> torch.Tensor:
+    x = torch.zeros(p.n_leaves, dtype=torch.long)
+    y = torch.zeros(p.n_leaves, dtype=torch.long)
+    bit_x, bit_y = p.bits_x, p.bits_y
+    leaf = torch.arange(p.n_leaves)
+    for d, ax in enumerate(p.axes):   # the leaf's path bit at depth d picks a half
+        bit = (leaf >> (p.depth - 1 - d)) & 1
+        if ax == 0:
+            bit_x -= 1
+            x += bit << bit_x
+        else:
+            bit_y -= 1
+            y += bit << bit_y
+    return torch.stack([x, y], 1)
+
+
+@lru_cache(maxsize=64)
+def _level_geometry(p: Partition) -> torch.Tensor:
+    coords = p.leaf_coords().double() + 0.5
+    out = torch.zeros(p.depth, p.n_leaves, 4, dtype=torch.float64)
+    ext = [float(1 << p.bits_x), float(1 << p.bits_y)]
+    for d, ax in enumerate(p.axes):
+        other = 1 - ax
+        lo = [torch.div(p.leaf_coords()[:, a], int(ext[a]), rounding_mode="floor") * ext[a] for a in (0, 1)]
+        centre = [lo[a] + ext[a] / 2 for a in (0, 1)]
+        out[d, :, 0] = (coords[:, ax] - centre[ax]) / ext[ax]
+        out[d, :, 1] = (coords[:, other] - centre[other]) / ext[other]
+        out[d, :, 2] = math.log2(ext[0])
+        out[d, :, 3] = math.log2(ext[1])
+        ext[ax] /= 2
+    return out
+
+
+@lru_cache(maxsize=64)
+def _edge_depths(p: Partition) -> tuple[torch.Tensor, torch.Tensor]:
+    leaf = torch.div(torch.arange(p.n_padded), p.leaf_size, rounding_mode="floor")
+    cell_leaf = p.from_leaf(leaf.double()).long().view(p.nx, p.ny)
+
+    def depth_of(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        diff = a ^ b
+        bits = torch.zeros_like(diff)
+        while bool((diff > 0).any()):
+            bits += (diff > 0).long()
+            diff = diff >> 1
+        return p.depth - bits
+
+    east = torch.full((p.nx, p.ny), -1, dtype=torch.long)
+    north = torch.full((p.nx, p.ny), -1, dtype=torch.long)
+    east[:-1] = depth_of(cell_leaf[:-1], cell_leaf[1:])
+    north[:, :-1] = depth_of(cell_leaf[:, :-1], cell_leaf[:, 1:])
+    return east, north
