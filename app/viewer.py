@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import moderngl
 from imgui_bundle import hello_imgui, imgui, immapp, implot
@@ -48,8 +48,7 @@ class Viewer:
         self.recorder: Optional[Recorder] = None
         self.notice = ""
         self.scenes = list_scenes()
-        self.n_index = _nearest(N_CHOICES, state.cells)
-        self.tol = state.tol
+        self.pending: dict[str, Any] = {}  # slider values being dragged, applied on release
         self.opened = False
         self.exit_code = 0
 
@@ -189,9 +188,10 @@ class Viewer:
         changed, k = imgui.combo("solver", methods.index(state.solver) if state.solver in methods else 0, methods)
         if changed:
             state.solver = methods[k]
-        _, self.tol = imgui.slider_float("tolerance", self.tol, TOL_MIN, TOL_MAX, "%.0e", imgui.SliderFlags_.logarithmic)
-        if imgui.is_item_deactivated_after_edit():
-            state.tol = float(f"{self.tol:.3g}")
+        tol = self._on_release("tolerance", state.tol, lambda v: imgui.slider_float(
+            "tolerance", v, TOL_MIN, TOL_MAX, "%.0e", imgui.SliderFlags_.logarithmic))
+        if tol is not None:
+            state.tol = float(f"{tol:.3g}")
         changed, steps = imgui.slider_int("max substeps", state.max_substeps, 1, SUBSTEPS_MAX)
         if changed:
             state.max_substeps = steps
@@ -201,9 +201,10 @@ class Viewer:
                                             imgui.SliderFlags_.logarithmic)
         if changed:
             state.ratio = min(RATIO_MAX, max(RATIO_MIN, ratio))
-        _, self.n_index = imgui.slider_int("N", self.n_index, 0, len(N_CHOICES) - 1, f"{N_CHOICES[self.n_index]:,}")
-        if imgui.is_item_deactivated_after_edit():
-            state.set_cells(N_CHOICES[self.n_index])
+        index = self._on_release("N", _nearest(N_CHOICES, state.cells), lambda v: imgui.slider_int(
+            "N", v, 0, len(N_CHOICES) - 1, f"{N_CHOICES[v]:,}"))
+        if index is not None:
+            state.set_cells(N_CHOICES[index])
         imgui.text_disabled(f"grid {self.sim.nx} x {self.sim.ny} = {self.sim.nx * self.sim.ny:,} cells")
 
         imgui.separator_text("view")
@@ -229,16 +230,26 @@ class Viewer:
             imgui.text_wrapped(state.error)
             imgui.pop_style_color()
 
+    def _on_release(self, key: str, current: Any, draw: Callable[[Any], tuple[bool, Any]]) -> Any:
+        """Draw a slider that shows its dragged value but returns it only on release (else None): a new
+        grid or solver per drag step would stall the window."""
+        _, value = draw(self.pending.get(key, current))
+        if imgui.is_item_active():
+            self.pending[key] = value
+            return None
+        self.pending.pop(key, None)
+        return value if imgui.is_item_deactivated_after_edit() else None
+
     def _stats(self) -> None:
         imgui.separator_text("live stats")
         s = self.state.history.last
         fps = imgui.get_io().framerate
         if s is None:
-            imgui.text(f"frame 0   {fps:.0f} fps (window)")
+            imgui.text(f"frame 0   {fps:.1f} window fps")
             return
         sim_ms = s.ms_advect + s.ms_assemble + s.ms_project
         imgui.text(f"frame {s.frame}   t = {s.time:.3f} s   {s.substeps} substep(s)")
-        imgui.text(f"{s.ms_total:.1f} ms/frame   {1e3 / max(s.ms_total, 1e-6):.1f} sim fps   {fps:.0f} window fps")
+        imgui.text(f"{s.ms_total:.1f} ms/frame   {1e3 / max(s.ms_total, 1e-6):.1f} sim fps   {fps:.1f} window fps")
         imgui.text(f"sim {sim_ms:.1f}  |  inference {s.ms_inference:.1f}  |  PCG {s.ms_pcg:.1f}  ms")
         imgui.text(f"{s.solver}: {s.iterations} iterations, residual {s.residual:.1e}")
         if s.fell_back:
@@ -300,12 +311,21 @@ class Viewer:
         width = avail.x / 2 - imgui.get_style().item_spacing.x / 2
         height = max(PLOT_HEIGHT, avail.y)
         fit = implot.AxisFlags_.auto_fit
-        for k, (title, key, unit) in enumerate((("ms / frame", "ms_total", "ms"),
+        for k, (title, key, unit) in enumerate((("ms / frame (log scale)", "ms_total", "ms"),
                                                 ("PCG iterations / frame", "iterations", "iterations"))):
             if k:
                 imgui.same_line()
             if implot.begin_plot(title, imgui.ImVec2(width, height)):
-                implot.setup_axes("frame", unit, fit, fit)
+                implot.setup_axes("frame", unit, fit)
+                values = [trace.array(key) for trace in traces.values()]
+                top = max((float(v.max()) for v in values), default=1.0)
+                if key == "ms_total":  # solvers differ by orders of magnitude
+                    implot.setup_axis_scale(implot.ImAxis_.y1, implot.Scale_.log10)
+                    bottom = min((float(v.min()) for v in values), default=1.0)
+                    implot.setup_axis_limits(implot.ImAxis_.y1, max(bottom, 1e-3) / 1.3, max(top, 1e-3) * 1.3,
+                                             imgui.Cond_.always)
+                else:
+                    implot.setup_axis_limits(implot.ImAxis_.y1, 0.0, max(top, 1.0) * 1.1, imgui.Cond_.always)
                 implot.setup_legend(implot.Location_.north_west)
                 for name, trace in traces.items():
                     implot.plot_line(name, trace.array("tick"), trace.array(key))
