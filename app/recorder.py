@@ -95,10 +95,6 @@ class Recorder:
             self._log.close()
             raise RecordingError(f"cannot record to {str(self.path)!r}: ffmpeg did not start ({_reason(err)})") from None
 
-    @property
-    def active(self) -> bool:
-        return self._proc is not None
-
     def write(self, picture: np.ndarray) -> None:
         """Append one (h, w, 3) uint8 frame; on failure the recording is closed and RecordingError raised."""
         if self._proc is None:
