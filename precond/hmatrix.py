@@ -12,20 +12,21 @@
   are the shapes that off-diagonal blocks of A^-1 take inside a leaf (A-harmonic away from
   the sources), adapted to the density jumps, at k numbers per leaf instead of L.
 * W (coarse columns): for every cluster c at every depth, r columns W_c = V_c R_c supported
-  on c, with V_c = [Q_i C_i]_{i in c} the harmonic "constants" of r equal sub-clusters (fixed
-  selections C) and R_c R_c^T = w_c (V_c^T A_cc V_c)^-1, so W_c W_c^T is the Galerkin inverse
-  of A on span(V_c) with a learned weight w_c: an additive multilevel coarse correction whose
-  scale is right for any density ratio by construction. Each W_c W_c^T couples c's two
-  children by a rank-r block: the same weak-admissibility pattern. (Letting the network
-  reshape V_c too lowered the probe loss but raised PCG iterations, so V_c stays analytic.)
+  on c, with V_c = [Q_i C_i]_{i in c} a harmonic partition of unity over r equal sub-clusters
+  (fixed coefficients C, see coarse_selection) and R_c R_c^T = w_c (V_c^T A_cc V_c)^-1, so W_c W_c^T is the Galerkin inverse
+  of A on span(V_c) with weight w: an additive multilevel coarse correction whose scale is
+  right for any density ratio by construction. Each W_c W_c^T couples c's two children by a
+  rank-r block: the same weak-admissibility pattern. (Letting the network reshape V_c or set
+  per-cluster weights lowered the probe loss but raised PCG iterations, so W stays analytic.)
 
 SPD for every network output: G G^T is positive semidefinite for any G, and eps > 0 makes
 M positive definite. Padding cells (see partition.py) carry zeros in Q, so M on the real
 cells is a principal submatrix of an SPD matrix.
 
-Applying M is G^T then G: per leaf two L x L and two L x k batched GEMMs, per depth a few
-k x r einsums and a sum over equal-sized contiguous groups (a reshape): O(N (L + k)
-+ N/L * k r log(N/L)) with no sparse indexing (the cell <-> leaf permutation is a transpose).
+Applying M is G^T then G: per leaf two L x L and four L x k batched GEMMs, per depth four
+batched GEMMs over the equal, contiguous clusters of that depth (a reshape, no index lists):
+O(N (L + k) + N/L * k r log(N/L)) flops, no sparse indexing (the cell <-> leaf permutation is
+a transpose of the padded grid).
 """
 from __future__ import annotations
 
@@ -80,24 +81,53 @@ def harmonic_sources(arrays: torch.Tensor, part: Partition, segments: int) -> to
     return torch.stack(cols, -1)
 
 
-def coarse_selection(part: Partition, k: int, rank: int) -> torch.Tensor:
-    """Initial coarse coefficients (depth, n_leaves, k, rank) for the harmonic basis.
+def _leaf_neighbours(part: Partition) -> torch.Tensor:
+    """(4, nl) leaf index across each side (W, E, S, N, the basis' side order), -1 at the grid's edge."""
+    coords = part.leaf_coords()
+    tx, ty = part.tiles
+    grid = torch.full((tx, ty), -1, dtype=torch.long)
+    grid[coords[:, 0], coords[:, 1]] = torch.arange(part.n_leaves)
+    out = torch.full((4, part.n_leaves), -1, dtype=torch.long)
+    for side, (dx, dy) in enumerate(((-1, 0), (1, 0), (0, -1), (0, 1))):
+        x, y = coords[:, 0] + dx, coords[:, 1] + dy
+        ok = (x >= 0) & (x < tx) & (y >= 0) & (y < ty)
+        out[side, ok] = grid[x[ok], y[ok]]
+    return out
 
-    A depth-d cluster of 2^h leaves (h = depth - d) gets the harmonic constants (sum of a
-    leaf's k responses, ~1 on the leaf) of `rank` equal contiguous sub-clusters; a cluster
-    of fewer than `rank` leaves splits each leaf's k responses into rank / 2^h groups
-    (sides, then pairs of sides).
+
+def coarse_selection(part: Partition, k: int, rank: int) -> torch.Tensor:
+    """Coarse coefficients (depth, n_leaves, k, rank) in the harmonic basis: the coarse functions.
+
+    A depth-d cluster of at least `rank` leaves gets one function per sub-cluster of
+    2^h / rank leaves: a harmonic partition of unity. On every leaf side the function takes the
+    mean of its value on the two leaves sharing that side (1 inside its sub-cluster, 0 outside),
+    and 0 on the cluster's own boundary; inside a leaf it is the A-harmonic interpolant of those
+    side values (the basis is the leaf's harmonic responses). So the functions are continuous
+    and vanish where the cluster is cut from the rest of A: low energy, no jumps for the
+    Galerkin projection to pick rough error up from. A cluster of fewer than `rank` leaves
+    splits each leaf's k responses into rank / 2^h groups (sides, then pairs of sides).
     """
     if rank & (rank - 1) or rank < 1:
         raise ValueError(f"rank must be a power of two, got {rank}")
+    if k % 4:
+        raise ValueError(f"the harmonic basis has 4 sides of k / 4 vectors, got k = {k}")
     nl, depth = part.n_leaves, part.depth
     sel = torch.zeros(depth, nl, k, rank)
     leaves = torch.arange(nl)
+    nbrs = _leaf_neighbours(part)
+    seg = k // 4
     for d in range(depth):
         size = 1 << (depth - d)
         pos = leaves % size
         if size >= rank:
-            sel[d, leaves, :, pos * rank // size] = 1.0
+            own = torch.zeros(nl, rank)
+            own[leaves, pos * rank // size] = 1.0
+            for side, nbr in enumerate(nbrs):
+                inside = (nbr >= 0) & ((nbr >> (depth - d)) == (leaves >> (depth - d)))
+                other = torch.zeros(nl, rank)
+                other[inside] = own[nbr[inside]]
+                value = torch.where((nbr >= 0)[:, None] & ~inside[:, None], 0.0, 0.5 * (own + other))
+                sel[d, :, side * seg:(side + 1) * seg, :] = value[:, None, :]
         else:
             per = rank // size
             if per > k:
@@ -148,14 +178,12 @@ def cut_matvec(system: PoissonSystem, part: Partition, depth: int, v: torch.Tens
 
 
 def galerkin_factors(system: PoissonSystem, part: Partition, basis: torch.Tensor, coarse: torch.Tensor,
-                     weight: torch.Tensor, jitter: float = 1e-5) -> list[torch.Tensor]:
-    """Per depth d, R (2^d, r, r) with R R^T = w_c (V_c^T A_cc V_c)^-1 for V_c = [Q_i C_i]_{i in c}.
+                     weight: float, jitter: float = 1e-5) -> list[torch.Tensor]:
+    """Per depth d, R (2^d, r, r) with R R^T = w (V_c^T A_cc V_c)^-1 for V_c = [Q_i C_i]_{i in c}.
 
-    `coarse` is (depth, nl, k, r), `weight` (depth, nl) positive with one value per cluster.
-    A relative jitter keeps the Gram matrix invertible when the coarse functions are
+    `coarse` is (depth, nl, k, r). A relative jitter keeps the Gram matrix invertible when the coarse functions are
     (nearly) dependent or span a null vector of a floating (all-Neumann) cluster.
     """
-    nl, size = part.n_leaves, part.leaf_size
     r = coarse.shape[-1]
     out = []
     for d in range(part.depth):
@@ -171,8 +199,7 @@ def galerkin_factors(system: PoissonSystem, part: Partition, basis: torch.Tensor
         gram = gram + (jitter * tr + empty)[:, None, None] * eye
         chol = torch.linalg.cholesky(gram)
         inv = torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)   # L^-1
-        w = weight[d].view(ncl, -1)[:, 0]
-        out.append(inv.transpose(1, 2) * w.sqrt()[:, None, None])
+        out.append(inv.transpose(1, 2) * weight ** 0.5)
     return out
 
 
@@ -191,32 +218,33 @@ class HMatrix:
 
     # ------------------------------------------------------------------ pieces of G
     def _far(self, y: torch.Tensor, fu: torch.Tensor, fv: torch.Tensor) -> torch.Tensor:
-        """Sibling blocks in basis coordinates: z_i = sum_d fu_di sum_{j in sibling_d(i)} fv_dj^T y_j."""
-        depth, nl = fu.shape[0], fu.shape[1]
-        if depth == 0:
-            return torch.zeros_like(y)
-        t = torch.einsum("dlkr,lkm->dlrm", fv, y)
-        swapped = []
-        for d in range(depth):
-            half = nl >> (d + 1)
-            s = t[d].reshape(-1, 2, half, *t.shape[2:]).sum(2).flip(1)          # (pairs, 2, r, m)
-            swapped.append(s.unsqueeze(2).expand(-1, 2, half, *t.shape[2:]).reshape(t.shape[1:]))
-        return torch.einsum("dlkr,dlrm->lkm", fu, torch.stack(swapped))
+        """Sibling blocks in basis coordinates: z_i = sum_d fu_di sum_{j in sibling_d(i)} fv_dj^T y_j.
+
+        Per depth, the 2^(d+1) halves are equal contiguous slices of the leaves: one batched GEMM
+        gathers each half's r coefficients, a flip hands them to the sibling, one GEMM spreads them.
+        """
+        nl, k, m = y.shape
+        r = fu.shape[-1]
+        z = torch.zeros_like(y)
+        for d in range(fu.shape[0]):
+            shape = (1 << d, 2, (nl >> (d + 1)) * k)
+            t = fv[d].view(*shape, r).transpose(-1, -2) @ y.view(*shape, m)           # (pairs, 2, r, m)
+            z.view(*shape, m).add_(fu[d].view(*shape, r) @ t.flip(1))
+        return z
 
     def _coarse_t(self, y: torch.Tensor) -> list[torch.Tensor]:
         """W^T in basis coordinates: per depth (2^d, r, m) = R_c^T sum_{i in c} C_i^T y_i."""
-        t = torch.einsum("dlkr,lkm->dlrm", self.coarse, y)
-        return [r.transpose(1, 2) @ t[d].reshape(r.shape[0], -1, *t.shape[2:]).sum(1)
-                for d, r in enumerate(self.gram)]
+        nl, k, m = y.shape
+        r = self.coarse.shape[-1]
+        return [rc.transpose(1, 2) @ (self.coarse[d].view(1 << d, -1, r).transpose(1, 2) @ y.view(1 << d, -1, m))
+                for d, rc in enumerate(self.gram)]
 
-    def _coarse(self, u: list[torch.Tensor]) -> torch.Tensor:
-        """W u in basis coordinates: z_i = sum_d C_di (R_c u_c)."""
-        nl, k = self.basis.shape[0], self.basis.shape[2]
-        if not u:
-            return torch.zeros(nl, k, 1, dtype=self.basis.dtype, device=self.basis.device)
-        spread = [(r @ ud).unsqueeze(1).expand(r.shape[0], nl // r.shape[0], *ud.shape[1:]).reshape(nl, *ud.shape[1:])
-                  for r, ud in zip(self.gram, u)]
-        return torch.einsum("dlkr,dlrm->lkm", self.coarse, torch.stack(spread))
+    def _coarse(self, u: list[torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+        """z + W u in basis coordinates: z_i += sum_d C_di (R_c u_c)."""
+        r = self.coarse.shape[-1]
+        for d, (rc, ud) in enumerate(zip(self.gram, u)):
+            z.view(1 << d, -1, z.shape[-1]).add_(self.coarse[d].view(1 << d, -1, r) @ (rc @ ud))
+        return z
 
     def g_transpose(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """G^T x for x in leaf layout (nl, L, m): the square part and the coarse part."""
@@ -228,7 +256,7 @@ class HMatrix:
         """G u for u = (square part (nl, L, m), coarse part per depth)."""
         sq, co = u
         q = self.basis
-        z = self._far(q.transpose(1, 2) @ sq, self.fu, self.fv) + self._coarse(co)
+        z = self._coarse(co, self._far(q.transpose(1, 2) @ sq, self.fu, self.fv))
         return self.leaf @ sq + q @ z
 
     # ------------------------------------------------------------------ the operator
@@ -250,25 +278,18 @@ class HMatrix:
                        self.coarse.to(dtype), [r.to(dtype) for r in self.gram], self.eps)
 
 
-def cluster_mean(values: torch.Tensor) -> torch.Tensor:
-    """(depth, nl) per-leaf values -> the mean over each depth-d cluster, broadcast back to its leaves."""
-    out = [values[d].view(1 << d, -1).mean(1, keepdim=True).expand(1 << d, values.shape[1] >> d).reshape(-1)
-           for d in range(values.shape[0])]
-    return torch.stack(out) if out else values
-
-
 def assemble(system: PoissonSystem, part: Partition, an: Analytic, leaf_corr: torch.Tensor, fu: torch.Tensor,
-             fv: torch.Tensor, log_weight: torch.Tensor, level_weight: float, eps: float) -> HMatrix:
-    """Build M from the analytic parts and dimensionless corrections (what the network predicts).
+             fv: torch.Tensor, level_weight: float, eps: float) -> HMatrix:
+    """Build M from the analytic parts and the dimensionless corrections the network predicts.
 
     leaf_corr (nl, k, k): B_i = L_i^-T + g_i Q_i K_i Q_i^T; fu, fv (depth, nl, k, r): F's factors,
-    scaled by sqrt(g) of their leaf; log_weight (depth, nl): w_c = level_weight * exp(mean over c);
-    eps: relative to max(diag). The coarse functions are the analytic selection.
+    scaled by sqrt(g) of their leaf (g = mean(diag)^-1/2 of the leaf); level_weight: w of
+    every coarse level; eps: relative to max(diag).
     """
     g = an.scale
     q = an.basis
     leaf = an.leaf + g[:, None, None] * (q @ leaf_corr @ q.transpose(1, 2))
     root = g.sqrt()[None, :, None, None]
-    weight = level_weight * torch.exp(cluster_mean(log_weight))
-    gram = galerkin_factors(system, part, q, an.selection, weight)
-    return HMatrix(part, leaf, q, fu * root, fv * root, an.selection, gram, eps / float(system.diag.max()))
+    gram = galerkin_factors(system, part, q, an.selection, level_weight)
+    return HMatrix(part, leaf.contiguous(), q, (fu * root).contiguous(), (fv * root).contiguous(), an.selection, gram,
+                   eps / float(system.diag.max()))

@@ -15,8 +15,7 @@ highways, and a leaf sees the whole grid after one layer at O(N) cost (no N^2 at
 Heads. A leaf head writes the low-rank leaf-block correction K_i. One level head, shared by
 all depths so the same weights serve every grid size, reads the leaf token, the mean tokens of
 the leaf's half and of the sibling half at that depth, and the leaf's geometry in that cluster
-(offsets from the split line and the centre, cluster extents, height), and writes F's factors
-and the level-weight logit. The last layers start at zero (F's
+(offsets from the split line and the centre, cluster extents, height), and writes F's factors. The last layers start at zero (F's
 row factor at a small random value, so both factors get gradients), so an untrained network
 is the analytic preconditioner: block-Jacobi leaves plus Galerkin coarse levels.
 """
@@ -29,7 +28,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .hmatrix import Analytic, HMatrix, assemble
 from .partition import Partition, partition
@@ -46,7 +44,7 @@ class HTPConfig:
     """Structure (shared with the operator) and network sizes; saved inside every checkpoint."""
 
     leaf_size: int = 64        # cells per leaf (8 x 8 tiles)
-    rank: int = 8              # r: far-field rank per sibling block and coarse functions per cluster
+    rank: int = 16             # r: far-field rank per sibling block and coarse functions per cluster
     segments: int = 2          # harmonic basis: pieces per leaf side, k = 4 * segments vectors per leaf
     d_model: int = 96
     n_layers: int = 4
@@ -55,7 +53,7 @@ class HTPConfig:
     mlp_ratio: int = 4
     head_hidden: int = 128
     highways: bool = True      # axial row / column buffers and the global token
-    level_weight: float = 0.5  # initial weight of each coarse level (additive levels overlap)
+    level_weight: float = 0.5  # weight of every coarse level (additive levels overlap)
     eps: float = 1e-4          # M += eps / max(diag) I
 
     @property
@@ -150,8 +148,7 @@ class HTPModel(nn.Module):
         self.ctx = nn.Linear(2 * d, d)
         self.geo = nn.Linear(GEO_FEATURES, d)
         self.level_head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, cfg.head_hidden), nn.GELU(),
-                                        nn.Linear(cfg.head_hidden, 2 * k * r + 1))
-        self._split = (k * r, k * r, 1)   # F's row and column factors, level-weight logit
+                                        nn.Linear(cfg.head_hidden, 2 * k * r))
         self.apply(self._init)
         for lin in (self.leaf_head, self.level_head[-1]):
             nn.init.zeros_(lin.weight)
@@ -232,13 +229,10 @@ class HTPModel(nn.Module):
                 both = torch.cat([m, m.flip(1)], -1)                              # own half, sibling half
                 pooled.append(both.unsqueeze(2).expand(-1, 2, half, both.shape[-1]).reshape(nl, -1))
             h = x.unsqueeze(0) + self.ctx(torch.stack(pooled)) + self.geo(self.geometry(part, x.device, dtype))
-            fu, fv, logw = self.level_head(h).split(self._split, -1)
-            fu, fv = fu.reshape(depth, nl, k, r), fv.reshape(depth, nl, k, r)
-            logw = logw.squeeze(-1)
+            fu, fv = self.level_head(h).view(depth, nl, 2, k, r).unbind(2)
         else:
             fu = fv = x.new_zeros(0, nl, k, r)
-            logw = x.new_zeros(0, nl)
-        return assemble(system, part, an, leaf_corr, fu, fv, logw, cfg.level_weight, cfg.eps)
+        return assemble(system, part, an, leaf_corr, fu, fv, cfg.level_weight, cfg.eps)
 
 
 def save_checkpoint(path: str | Path, model: HTPModel, record: dict) -> None:

@@ -70,7 +70,7 @@ class Objective(nn.Module):
         return probe_loss(self.model(system), system, z, self.kind)
 
 
-class _Setup:
+class NetworkPreconditioner:
     """A set-up HMatrix as a Preconditioner for pcg."""
 
     name = "htp"
@@ -103,7 +103,7 @@ def pcg_iterations(model: HTPModel, samples: list[Sample], tol: float = 1e-6, ma
     model.eval()
     its = []
     for s in samples:
-        res = pcg(s.system, s.b, _Setup(model, s.system), tol=tol, maxiter=maxiter)
+        res = pcg(s.system, s.b, NetworkPreconditioner(model, s.system), tol=tol, maxiter=maxiter)
         its.append(res.iterations if res.converged else maxiter)
     model.train()
     return its
