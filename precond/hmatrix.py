@@ -13,11 +13,12 @@
   the sources), adapted to the density jumps, at k numbers per leaf instead of L.
 * W (coarse columns): for every cluster c at every depth, r columns W_c = V_c R_c supported
   on c, with V_c = [Q_i C_i]_{i in c} a harmonic partition of unity over r equal sub-clusters
-  (fixed coefficients C, see coarse_selection) and R_c R_c^T = w_c (V_c^T A_cc V_c)^-1, so W_c W_c^T is the Galerkin inverse
-  of A on span(V_c) with weight w: an additive multilevel coarse correction whose scale is
-  right for any density ratio by construction. Each W_c W_c^T couples c's two children by a
-  rank-r block: the same weak-admissibility pattern. (Letting the network reshape V_c or set
-  per-cluster weights lowered the probe loss but raised PCG iterations, so W stays analytic.)
+  (fixed coefficients C, see coarse_selection) and R_c R_c^T = w (V_c^T A_cc V_c)^-1, so
+  W_c W_c^T is the Galerkin inverse of A on span(V_c) with weight w: an additive multilevel
+  coarse correction whose scale is right for any density ratio by construction. Each W_c W_c^T
+  couples c's two children by a rank-r block: the same weak-admissibility pattern. (Letting
+  the network reshape V_c or set per-cluster weights lowered the probe loss but raised PCG
+  iterations, so W stays analytic.)
 
 SPD for every network output: G G^T is positive semidefinite for any G, and eps > 0 makes
 M positive definite. Padding cells (see partition.py) carry zeros in Q, so M on the real
@@ -181,8 +182,8 @@ def galerkin_factors(system: PoissonSystem, part: Partition, basis: torch.Tensor
                      weight: float, jitter: float = 1e-5) -> list[torch.Tensor]:
     """Per depth d, R (2^d, r, r) with R R^T = w (V_c^T A_cc V_c)^-1 for V_c = [Q_i C_i]_{i in c}.
 
-    `coarse` is (depth, nl, k, r). A relative jitter keeps the Gram matrix invertible when the coarse functions are
-    (nearly) dependent or span a null vector of a floating (all-Neumann) cluster.
+    `coarse` is (depth, nl, k, r). A relative jitter keeps the Gram matrix invertible when the
+    coarse functions are (nearly) dependent or span a null vector of a floating (all-Neumann) cluster.
     """
     r = coarse.shape[-1]
     out = []

@@ -15,9 +15,10 @@ highways, and a leaf sees the whole grid after one layer at O(N) cost (no N^2 at
 Heads. A leaf head writes the low-rank leaf-block correction K_i. One level head, shared by
 all depths so the same weights serve every grid size, reads the leaf token, the mean tokens of
 the leaf's half and of the sibling half at that depth, and the leaf's geometry in that cluster
-(offsets from the split line and the centre, cluster extents, height), and writes F's factors. The last layers start at zero (F's
-row factor at a small random value, so both factors get gradients), so an untrained network
-is the analytic preconditioner: block-Jacobi leaves plus Galerkin coarse levels.
+(offsets from the split line and the centre, cluster extents, height), and writes the far-field
+factors of G's sibling blocks. The last layers start at zero (the row factors at a small
+random value, so both factors get gradients), so an untrained network is the analytic
+preconditioner: block-Jacobi leaves plus Galerkin coarse levels.
 """
 from __future__ import annotations
 

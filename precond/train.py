@@ -151,7 +151,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, init: str | Path | No
     elif val is None:
         val = validation_set()
     record: dict = {"val_cases": [s.source for s in val], "history": []}
-    best = (float("inf"), None)
+    best = (float("inf"), None, -1)
     t0 = time.time()
     bar = tqdm(range(cfg.steps + 1), desc="train", disable=quiet or rank != 0, dynamic_ncols=True)
     loss_avg = float("nan")
@@ -163,7 +163,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, init: str | Path | No
                                       "val_mean": mean_its, "seconds": time.time() - t0})
             bar.write(f"step {step:5d}  loss {loss_avg:.4f}  val PCG iterations {its} mean {mean_its:.1f}")
             if mean_its < best[0]:
-                best = (mean_its, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+                best = (mean_its, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, step)
                 if out:
                     save_checkpoint(out, model, {**record, "best_step": step, "val_mean": mean_its})
         if step == cfg.steps:
@@ -185,7 +185,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, init: str | Path | No
         opt.step()
         loss_avg = total if math.isnan(loss_avg) else 0.9 * loss_avg + 0.1 * total
         bar.set_postfix(loss=f"{loss_avg:.4f}")
-    record.update(steps=cfg.steps, world_size=world, seconds=time.time() - t0, best_val_mean=best[0])
+    record.update(steps=cfg.steps, world_size=world, seconds=time.time() - t0, best_val_mean=best[0], best_step=best[2])
     if best[1] is not None:
         model.load_state_dict(best[1])
     if distributed:

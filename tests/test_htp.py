@@ -1,0 +1,289 @@
+"""HTP: partition, H-matrix operator, SPD by construction, training (also DDP), shipped checkpoint, fallback."""
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.sparse.linalg as spla
+import torch
+
+from precond import PoissonSystem, PreconditionerUnavailable, Solver
+from precond.dataset import load_dir
+from precond.dataset import main as dataset_main
+from precond.dumps import REPO
+from precond.hmatrix import HMatrix, cut_matvec
+from precond.htp import HTP
+from precond.loss import LossConfig, make_probes, probe_loss
+from precond.model import HTPConfig, HTPModel
+from precond.neural_spai import NeuralSPAI, SPAIConfig, SPAINet
+from precond.partition import partition
+from precond.pcg import pcg
+from precond.synthetic import dambreak_phi, random_phi, two_phase_system
+from precond.train import TrainConfig, NetworkPreconditioner, train
+
+TINY = HTPConfig(d_model=32, n_layers=1, n_heads=2, head_hidden=32)
+
+
+def _system(nx, ny, ratio=1000.0, seed=None, open_top=True):
+    phi = dambreak_phi(nx, ny) if seed is None else random_phi(nx, ny, np.random.default_rng(seed))
+    return two_phase_system(phi, ratio, open_top)
+
+
+def _random_model(cfg=TINY, seed=0):
+    """Untrained weights with every head switched on (random, not zero, last layers)."""
+    torch.manual_seed(seed)
+    model = HTPModel(cfg).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+# ---------------------------------------------------------------------------- partition
+@pytest.mark.parametrize("grid", [(96, 96), (200, 100), (33, 17), (32, 32)])
+def test_partition_covers_every_cell_once(grid):
+    p = partition(*grid)
+    idx = p.cell_index()
+    real = idx[idx >= 0]
+    assert real.numel() == p.n and torch.equal(real.sort().values, torch.arange(p.n))
+    v = torch.randn(3, p.n, dtype=torch.float64)
+    leaf = p.to_leaf(v)
+    assert torch.equal(leaf[:, idx >= 0], v[:, real]) and float(leaf[:, idx < 0].abs().sum()) == 0.0
+    assert torch.equal(p.from_leaf(leaf), v)
+    # every depth's clusters are contiguous, equal slices whose tiles form one rectangle
+    coords = p.leaf_coords()
+    for d in range(p.depth + 1):
+        for c in coords.view(1 << d, -1, 2):
+            span = (c.max(0).values - c.min(0).values + 1).prod()
+            assert span == c.shape[0]
+    assert partition(*grid) is p  # cached
+
+
+def test_bisection_splits_the_longer_side():
+    p = partition(128, 64)
+    assert p.axes == (0, 0, 1, 0, 1, 0, 1) and p.padded_shape == (128, 64) and p.n_leaves == 128
+
+
+# ---------------------------------------------------------------------------- H-matrix operator
+def _dense_reference(hm: HMatrix) -> torch.Tensor:
+    """M = G G^T + eps I built block by block with Python loops (cell order)."""
+    p = hm.part
+    nl, size, depth = p.n_leaves, p.leaf_size, p.depth
+    q = hm.basis
+    g = torch.zeros(p.n_padded, p.n_padded, dtype=q.dtype)
+    cols = []
+    for i in range(nl):
+        g[i * size:(i + 1) * size, i * size:(i + 1) * size] = hm.leaf[i]
+    for d in range(depth):
+        half = nl >> (d + 1)
+        for pair in range(1 << d):
+            a = range(2 * pair * half, (2 * pair + 1) * half)
+            b = range((2 * pair + 1) * half, (2 * pair + 2) * half)
+            for rows, colset in ((a, b), (b, a)):
+                u = torch.cat([q[i] @ hm.fu[d, i] for i in rows])
+                v = torch.cat([q[j] @ hm.fv[d, j] for j in colset])
+                g[rows[0] * size:(rows[-1] + 1) * size, colset[0] * size:(colset[-1] + 1) * size] += u @ v.T
+        per = nl >> d
+        for c in range(1 << d):
+            w = torch.zeros(p.n_padded, hm.coarse.shape[-1], dtype=q.dtype)
+            vc = torch.cat([q[i] @ hm.coarse[d, i] for i in range(c * per, (c + 1) * per)])
+            w[c * per * size:(c + 1) * per * size] = vc @ hm.gram[d][c]
+            cols.append(w)
+    full = torch.cat([g, *cols], 1)
+    m = full @ full.T + hm.eps * torch.eye(p.n_padded, dtype=q.dtype)
+    pos = torch.empty(p.n, dtype=torch.long)
+    idx = p.cell_index()
+    pos[idx[idx >= 0]] = torch.nonzero(idx >= 0).squeeze(1)
+    return m[pos][:, pos]
+
+
+@pytest.mark.parametrize("grid", [(32, 16), (33, 17)])
+def test_batched_apply_matches_dense(grid):
+    s = _system(*grid, seed=3)
+    with torch.no_grad():
+        hm = _random_model()(s)
+        dense = hm.to_dense()
+        assert torch.allclose(dense, _dense_reference(hm), rtol=1e-10, atol=1e-12 * float(dense.abs().max()))
+        v = torch.randn(5, s.n, dtype=torch.float64)
+        assert torch.allclose(hm.apply(v), v @ dense.T, rtol=1e-10, atol=1e-12 * float(dense.abs().max()))
+        assert torch.allclose(hm.apply(v[0]), dense @ v[0], rtol=1e-10, atol=1e-12 * float(dense.abs().max()))
+
+
+def test_coarse_levels_are_weighted_galerkin_inverses():
+    s = _system(32, 32, seed=1)
+    with torch.no_grad():
+        hm = _random_model()(s)
+    p = hm.part
+    a = torch.as_tensor(s.to_csr().toarray())
+    d, c = 1, 1                                   # second cluster of depth 1
+    per = p.n_leaves >> d
+    v_leaf = torch.zeros(p.n_padded, hm.coarse.shape[-1], dtype=torch.float64)
+    v_leaf[c * per * p.leaf_size:(c + 1) * per * p.leaf_size] = torch.cat(
+        [hm.basis[i] @ hm.coarse[d, i] for i in range(c * per, (c + 1) * per)])
+    v = p.from_leaf(v_leaf.T).T                   # (n, r) in cell order, supported on the cluster
+    inside = v.abs().sum(1) > 0
+    a_cc = a[inside][:, inside]
+    gram = v[inside].T @ a_cc @ v[inside]
+    assert torch.allclose(cut_matvec(s, p, d, v.T).T[inside], a_cc @ v[inside], atol=1e-12)
+    rrt = hm.gram[d][c] @ hm.gram[d][c].T
+    eye = torch.eye(gram.shape[0], dtype=torch.float64)
+    jittered = gram + 1e-5 * gram.diagonal().mean() * eye
+    assert torch.allclose(rrt @ jittered, TINY.level_weight * eye, atol=1e-8)
+
+
+@pytest.mark.parametrize("grid,ratio,open_top", [((32, 32), 1000.0, True), ((33, 17), 1.0, False), ((24, 40), 100.0, True)])
+def test_m_is_spd_for_random_weights(grid, ratio, open_top):
+    s = _system(*grid, ratio=ratio, seed=7, open_top=open_top)
+    for seed in range(2):
+        with torch.no_grad():
+            m = _random_model(seed=seed)(s).to_dense()
+        assert torch.allclose(m, m.T, atol=1e-12 * float(m.abs().max()))
+        assert float(torch.linalg.eigvalsh(m).min()) > 0
+
+
+def test_untrained_network_is_the_analytic_preconditioner():
+    """Zero last layers: block-Jacobi leaves plus Galerkin levels, already far ahead of Jacobi and IC(0)."""
+    s = _system(64, 64, seed=2)
+    torch.manual_seed(0)
+    model = HTPModel(HTPConfig())
+    b = torch.randn(s.n, dtype=torch.float64)
+    analytic = pcg(s, b, NetworkPreconditioner(model, s))
+    assert analytic.converged
+    assert analytic.iterations * 4 < Solver("jacobi", fallback=None).solve(s, b).iterations
+    assert analytic.iterations < Solver("ic0", fallback=None).solve(s, b).iterations
+
+
+# ---------------------------------------------------------------------------- data and training
+def test_dataset_command_and_npz_reading(tmp_path):
+    dataset_main(["--out", str(tmp_path), "--count", "3", "--grids", "32x32", "48x16", "--seed", "5"])
+    # a dump in the simulator's format, written by hand
+    s = _system(24, 16, seed=4)
+    np.savez(tmp_path / "frame_0001.npz", diag=s.diag.numpy(), cx=s.cx.numpy(), cy=s.cy.numpy(),
+             b=np.ones(s.n))
+    samples = load_dir(tmp_path)
+    assert len(samples) == 4
+    hand = [x for x in samples if x.system.shape == (24, 16)][0]
+    assert torch.equal(hand.system.diag, s.diag) and hand.b.shape == (s.n,)
+    assert all(x.system.shape in {(32, 32), (48, 16), (24, 16)} for x in samples)
+
+
+def test_a_few_training_steps_lower_the_loss(tmp_path):
+    dataset_main(["--out", str(tmp_path), "--count", "2", "--grids", "32x32", "--seed", "1"])
+    samples = load_dir(tmp_path)
+    lcfg = LossConfig(probes=16)
+    probes = [make_probes(x.system, lcfg, torch.Generator().manual_seed(9)) for x in samples]
+
+    def loss(model):
+        with torch.no_grad():
+            return sum(float(probe_loss(model(x.system), x.system, z)) for x, z in zip(samples, probes))
+
+    torch.manual_seed(0)
+    before = loss(HTPModel(TINY))
+    model, _ = train(TrainConfig(steps=15, batch=2, lr=3e-3, warmup=1, data=str(tmp_path), loss=lcfg, model=TINY),
+                     quiet=True, val=[])
+    assert loss(model) < 0.97 * before
+
+
+def test_ddp_two_processes(tmp_path):
+    data = tmp_path / "data"
+    dataset_main(["--out", str(data), "--count", "2", "--grids", "32x32"])
+    out = tmp_path / "ddp.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+           "-m", "precond.train", "--steps", "3", "--batch", "1", "--eval-every", "0", "--data", str(data),
+           "--d-model", "32", "--layers", "1", "--heads", "2", "--probes", "8", "--threads", "1",
+           "--out", str(out), "--record", str(tmp_path / "ddp.json")]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)   # torchrun's workers too
+        raise
+    assert proc.returncode == 0, err[-3000:]
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["record"]["world_size"] == 2 and ckpt["record"]["steps"] == 3
+
+
+# ---------------------------------------------------------------------------- shipped checkpoint
+def _exact(s: PoissonSystem, b: np.ndarray) -> np.ndarray:
+    a = s.to_csr()
+    if not s.singular:
+        return spla.spsolve(a.tocsc(), b)
+    pinned = a.tolil()
+    pinned[0, :] = 0
+    pinned[0, 0] = 1
+    rhs = np.array(b)
+    rhs -= rhs.mean()
+    rhs[0] = 0
+    x = spla.spsolve(pinned.tocsc(), rhs)
+    return x - x.mean()
+
+
+@pytest.mark.parametrize("name,system", [
+    ("dam break 64x32, 1000:1", lambda: two_phase_system(dambreak_phi(64, 32), 1000.0, True)),
+    ("bubbles 48x48, 100:1", lambda: _system(48, 48, ratio=100.0, seed=11)),
+    ("random interface 40x72, 10:1", lambda: _system(40, 72, ratio=10.0, seed=12)),
+    ("closed box 32x32, 1000:1", lambda: _system(32, 32, ratio=1000.0, seed=13, open_top=False)),
+])
+def test_shipped_checkpoint_solves_and_matches_spsolve(name, system):
+    s = system()
+    b = np.random.default_rng(0).standard_normal(s.n)
+    res = Solver("htp", tol=1e-6, fallback=None).solve(s, torch.as_tensor(b))
+    assert res.converged and not res.fell_back and res.method == "htp", name
+    x = res.x.numpy()
+    exact = _exact(s, s.project(torch.as_tensor(b)).numpy())
+    assert np.linalg.norm(x - exact) / np.linalg.norm(exact) < 1e-3, name
+    jac = Solver("jacobi", tol=1e-6, fallback=None).solve(s, torch.as_tensor(b))
+    assert res.iterations * 2 < jac.iterations, name
+
+
+def test_shipped_checkpoint_loads_with_weights_only():
+    ckpt = torch.load(REPO / "assets" / "htp.pt", weights_only=True)
+    assert ckpt["layout"] and HTPConfig.from_dict(ckpt["config"])
+    assert (REPO / "assets" / "htp.pt").stat().st_size < 8e6
+
+
+# ---------------------------------------------------------------------------- fallback
+@pytest.mark.parametrize("content", [None, b"not a checkpoint", "other-layout"])
+def test_bad_checkpoint_is_unavailable_and_solver_falls_back(tmp_path, monkeypatch, content):
+    path = tmp_path / "htp.pt"
+    if content == "other-layout":
+        torch.save({"layout": "something-else", "config": {}, "model": {}}, path)
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(PreconditionerUnavailable, match="htp.pt"):
+        HTP(path)
+    monkeypatch.setenv("HTP_CHECKPOINT", str(path))
+    s = _system(24, 16)
+    b = torch.randn(s.n, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="'htp' unavailable"):
+        res = Solver("htp").solve(s, b)
+    assert res.converged and res.fell_back and res.method == "mgpcg" and "htp -> mgpcg" in res.note
+
+
+# ---------------------------------------------------------------------------- neural SPAI baseline
+def test_neural_spai_is_spd_and_falls_back_without_checkpoints(tmp_path, monkeypatch):
+    s = _system(16, 12, seed=3)
+    torch.manual_seed(0)
+    net = SPAINet(SPAIConfig()).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        factor = net(s)
+        m = factor.apply(torch.eye(s.n, dtype=torch.float64)).T
+    assert torch.allclose(m, m.T, atol=1e-12 * float(m.abs().max())) and float(torch.linalg.eigvalsh(m).min()) > 0
+    with pytest.raises(PreconditionerUnavailable, match="no neural_spai checkpoints"):
+        NeuralSPAI(tmp_path)
+    monkeypatch.setenv("NEURAL_SPAI_DIR", str(tmp_path))
+    with pytest.warns(UserWarning, match="'neural_spai' unavailable"):
+        assert Solver("neural_spai").solve(s, torch.randn(s.n, dtype=torch.float64)).fell_back
+
+
+def test_shipped_neural_spai_converges():
+    s = _system(32, 32, ratio=100.0, seed=5)
+    b = torch.randn(s.n, dtype=torch.float64)
+    res = Solver("neural_spai", fallback=None).solve(s, b)
+    assert res.converged and res.method == "neural_spai"
