@@ -274,9 +274,6 @@ class HMatrix:
         n = self.part.n
         return self.apply(torch.eye(n, dtype=self.leaf.dtype, device=self.leaf.device)).T
 
-    def to(self, dtype: torch.dtype) -> "HMatrix":
-        return HMatrix(self.part, self.leaf.to(dtype), self.basis.to(dtype), self.fu.to(dtype), self.fv.to(dtype),
-                       self.coarse.to(dtype), [r.to(dtype) for r in self.gram], self.eps)
 
 
 def assemble(system: PoissonSystem, part: Partition, an: Analytic, leaf_corr: torch.Tensor, fu: torch.Tensor,

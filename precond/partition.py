@@ -142,11 +142,6 @@ class Partition:
         """
         return _edge_depths(self)
 
-    def real_leaves(self) -> torch.Tensor:
-        """(n_leaves,) bool: the leaf holds at least one real (non-padding) cell."""
-        c = self.leaf_coords()
-        return (c[:, 0] * self.tx < self.nx) & (c[:, 1] * self.ty < self.ny)
-
 
 @lru_cache(maxsize=64)
 def partition(nx: int, ny: int, leaf_size: int = 64) -> Partition:

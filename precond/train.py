@@ -1,6 +1,6 @@
 """Train the HTP network.
 
-    python -m precond.train [--steps 1500] [--data DIR] [--loss cosine|sai] [--no-highways]
+    python -m precond.train [--steps 400] [--data DIR] [--loss cosine|sai] [--no-highways]
                             [--out assets/htp.pt] [--record assets/htp.json] [--threads 2]
     torchrun --nproc_per_node K -m precond.train ...        (DDP, gloo on CPU, nccl on CUDA)
 
@@ -45,14 +45,14 @@ VAL_CASES = ((32, 32, 1000.0, "dambreak"), (64, 64, 1.0, "random"), (64, 64, 100
 
 @dataclass
 class TrainConfig:
-    steps: int = 1500
+    steps: int = 400
     batch: int = 2                 # systems per process per step
-    lr: float = 1e-3
+    lr: float = 3e-4
     weight_decay: float = 1e-4
     warmup: int = 50
     min_lr_frac: float = 0.1
     clip: float = 1.0
-    eval_every: int = 250
+    eval_every: int = 100
     seed: int = 0
     data: str | None = None        # folder of .npz dumps; None: synthetic systems drawn on the fly
     loss: LossConfig = field(default_factory=LossConfig)
