@@ -102,8 +102,12 @@ class PoissonSystem:
         scale = self.diag.abs().max().clamp_min(torch.finfo(self.dtype).tiny)
         if bool((excess > self.null_tol * scale).all()):
             return None
-        ncomp, labels = csgraph.connected_components(self._graph(), directed=False)
-        labels_t = torch.as_tensor(labels, device=self.device)
+        if bool((self.cx[:-1] > 0).all()) and bool((self.cy[:, :-1] > 0).all()):
+            # Every neighbour pair is coupled: one component, no graph search needed.
+            ncomp, labels_t = 1, torch.zeros(self.n, dtype=torch.long, device=self.device)
+        else:
+            ncomp, labels = csgraph.connected_components(self._graph(), directed=False)
+            labels_t = torch.as_tensor(labels, device=self.device)
         grounded = torch.zeros(ncomp, dtype=torch.bool, device=self.device)
         grounded.index_put_((labels_t,), excess > self.null_tol * scale, accumulate=True)
         if bool(grounded.all()):
