@@ -29,9 +29,16 @@ def _in_range(kind: type, lo: float, hi: float | None = None):
     return parse
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line (what was wrong, what was expected) and exit code 2."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"error: {message} (see python main.py --help)\n")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from precond import METHODS
-    p = argparse.ArgumentParser(prog="main.py", description="Real-time 2D water/air simulator with a learned pressure solver.")
+    p = _Parser(prog="main.py", description="Real-time 2D water/air simulator with a learned pressure solver.")
     p.add_argument("scene", help="scene file, e.g. scenes/dambreak.yaml")
     p.add_argument("--headless", action="store_true", help="run without a window, print stats")
     p.add_argument("--frames", type=_in_range(int, 1), help="frames to run (headless default 300; window: run until closed)")
@@ -86,8 +93,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.headless:
         from app.viewer import run_window
-        return run_window(sim, record=args.record, screenshot=args.screenshot, frames=args.frames,
-                          render_mode=args.render)
+        try:
+            return run_window(sim, record=args.record, screenshot=args.screenshot, frames=args.frames,
+                              render_mode=args.render)
+        except KeyboardInterrupt:  # Ctrl-C before the window opened
+            print("interrupted")
+            return 0
 
     from app.headless import run_headless
     from app.report import RunReport

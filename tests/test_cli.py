@@ -1,0 +1,107 @@
+"""The command line: bad input is one clear line and exit code 2; a headless run reports every frame."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import main  # noqa: E402
+
+DAMBREAK = str(ROOT / "scenes" / "dambreak.yaml")
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv, words", [
+    ([DAMBREAK, "--grid", "5x5"], ["--grid", "8 to 2048", "5x5"]),
+    ([DAMBREAK, "--grid", "big"], ["--grid", "NXxNY", "big"]),
+    ([DAMBREAK, "--ratio", "0.5"], ["--ratio", "1 to 1000", "0.5"]),
+    ([DAMBREAK, "--ratio", "lots"], ["--ratio", "a number", "lots"]),
+    ([DAMBREAK, "--solver", "magic"], ["--solver", "magic", "mgpcg"]),
+    ([DAMBREAK, "--frames", "0"], ["--frames", "1 up", "0"]),
+    ([DAMBREAK, "--tol", "2"], ["--tol", "0.1", "2"]),
+    ([DAMBREAK, "--render", "rainbow"], ["--render", "rainbow", "vorticity"]),
+    ([DAMBREAK, "--fast"], ["unrecognized", "--fast"]),
+    ([], ["scene", "required"]),
+])
+def test_bad_flags_are_one_line_and_exit_2(argv, words, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(argv)
+    assert exit_info.value.code == 2
+    line = _error_line(capsys)
+    for word in words:
+        assert word in line, line
+
+
+def test_bad_scene_names_file_field_and_expectation(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: broken\ngrid: {nx: 128, ny: 64}\nratio: 5000\n")
+    assert main.main([str(bad), "--headless"]) == 2
+    line = _error_line(capsys)
+    assert "bad.yaml" in line and "ratio" in line and "1000" in line, line
+    assert main.main([str(tmp_path / "missing.yaml"), "--headless"]) == 2
+    assert "missing.yaml" in _error_line(capsys)
+
+
+@pytest.mark.parametrize("flag", ["--stats-json", "--record", "--screenshot"])
+def test_unwritable_output_is_refused_before_the_run(flag, tmp_path, capsys):
+    target = str(tmp_path / "no" / "such" / "dir" / "out.file")
+    with pytest.raises(SystemExit) as exit_info:
+        main.main([DAMBREAK, "--headless", flag, target])
+    assert exit_info.value.code == 2
+    line = _error_line(capsys)
+    assert flag in line and target in line
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(capsys):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present; the error path is for machines without one")
+    assert main.main([DAMBREAK, "--headless", "--device", "cuda"]) == 2
+    assert "--device cpu" in _error_line(capsys)
+
+
+def test_headless_run_reports_each_frame_and_a_summary(tmp_path):
+    stats = tmp_path / "stats.jsonl"
+    run = subprocess.run([sys.executable, str(ROOT / "main.py"), DAMBREAK, "--headless", "--frames", "4",
+                          "--grid", "32x16", "--ratio", "1000", "--stats-json", str(stats)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    frames = [json.loads(line) for line in stats.read_text().splitlines()]
+    assert [f["frame"] for f in frames] == [1, 2, 3, 4]
+    for f in frames:
+        assert f["converged"] and f["residual"] <= 1e-6 and f["solver"] == "mgpcg" and not f["fell_back"]
+        parts = f["ms_advect"] + f["ms_assemble"] + f["ms_inference"] + f["ms_pcg"] + f["ms_project"]
+        assert 0 < parts <= f["ms_total"] * 1.01
+    out = run.stdout
+    assert "4 frames of dam break at 32x16 (N=512), ratio 1000, solver mgpcg" in out
+    for word in ("median", "advect", "assemble", "project", "inference", "pcg", "iterations", "fps"):
+        assert word in out
+    assert out.count("frame ") >= 4  # a progress line per frame
+
+
+def test_bench_writes_table_and_plot(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "precond.bench", "--sizes", "1024", "--ratios", "1000",
+                          "--methods", "jacobi", "mgpcg", "--repeats", "1", "--frame", "3",
+                          "--plot-at", "1024", "1000", "--out", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    rows = list(csv.DictReader(open(tmp_path / "bench.csv")))
+    assert {r["method"] for r in rows} == {"jacobi", "mgpcg", "pyamg-sa"}
+    assert all(r["converged"] == "True" and int(r["iterations"]) > 0 for r in rows)
+    its = {r["method"]: int(r["iterations"]) for r in rows}
+    assert its["mgpcg"] < its["jacobi"]
+    assert (tmp_path / "convergence.png").stat().st_size > 10_000
