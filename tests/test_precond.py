@@ -125,7 +125,8 @@ def test_mgpcg_iterations_nearly_independent_of_n():
     assert max(its) <= 16 and max(its) - min(its) <= 4, its
 
 
-def test_ic0_is_exact_incomplete_cholesky():
+@pytest.mark.parametrize("triangular", ["superlu", "wavefront"])
+def test_ic0_is_exact_incomplete_cholesky(triangular):
     s = _system(7, 5, 100.0)
     a = s.to_csr().toarray()
     n = a.shape[0]
@@ -140,7 +141,7 @@ def test_ic0_is_exact_incomplete_cholesky():
                 if a[i, j] != 0:
                     f[i, j] -= f[i, k] * f[j, k]
     lower = np.tril(f)
-    ic = IC0()
+    ic = IC0(triangular)
     ic.setup(s)
     r = np.random.default_rng(1).standard_normal(n)
     assert np.allclose(ic.apply(torch.tensor(r)).numpy(), np.linalg.solve(lower @ lower.T, r), atol=1e-12)
