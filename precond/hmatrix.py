@@ -24,10 +24,13 @@ SPD for every network output: G G^T is positive semidefinite for any G, and eps 
 M positive definite. Padding cells (see partition.py) carry zeros in Q, so M on the real
 cells is a principal submatrix of an SPD matrix.
 
-Applying M is G^T then G: per leaf two L x L and four L x k batched GEMMs, per depth four
-batched GEMMs over the equal, contiguous clusters of that depth (a reshape, no index lists):
-O(N (L + k) + N/L * k r log(N/L)) flops, no sparse indexing (the cell <-> leaf permutation is
-a transpose of the padded grid).
+Applying M: once per system the per-leaf products B B^T, B Q, Q^T Q and the far/coarse factors
+(with R_c R_c^T folded in) are multiplied out, so one apply is seven batched GEMMs over the leaves
+(row vectors times per-leaf matrices) plus, per pass, one float64 prefix sum over the leaves whose
+differences give every depth's sibling-half and cluster sums at once (no loop over depths or
+clusters, no sparse indexing; the cell <-> leaf permutation is a transpose of the padded grid):
+O(N (L + k) + N/L * k r log(N/L)) flops. The coarse Gram matrices come from the basis-level
+coupling Q^T A Q (k x k blocks between neighbouring leaves), all depths at once.
 """
 from __future__ import annotations
 
