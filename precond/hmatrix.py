@@ -35,6 +35,7 @@ coupling Q^T A Q (k x k blocks between neighbouring leaves), all depths at once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -54,7 +55,7 @@ def leaf_arrays(system: PoissonSystem, part: Partition) -> torch.Tensor:
     return part.to_leaf(stack.reshape(6, -1)).view(6, part.n_leaves, part.leaf_size)
 
 
-def leaf_matrices(arrays: torch.Tensor, part: Partition, jitter: float = 1e-6) -> torch.Tensor:
+def leaf_matrices(arrays: torch.Tensor, part: Partition, jitter: float) -> torch.Tensor:
     """A's diagonal blocks A_ii (n_leaves, L, L); padding and isolated cells get identity rows."""
     diag, east, _, north, _, real = arrays
     tx, ty, size = part.tx, part.ty, part.leaf_size
@@ -85,6 +86,31 @@ def harmonic_sources(arrays: torch.Tensor, part: Partition, segments: int) -> to
     return torch.stack(cols, -1)
 
 
+def basis_coupling(arrays: torch.Tensor, part: Partition, basis: torch.Tensor, sources: torch.Tensor,
+                   jitter: float) -> torch.Tensor:
+    """Q^T A Q in blocks between a leaf and itself and its four neighbours, (nl, 5, k, k): [i, 0] is
+    Q_i^T A_ii Q_i, [i, 1 + s] is Q_i^T A_ij Q_j for the leaf j across side s (W, E, S, N; zero at the edge).
+
+    Q = A_ii'^-1 E with A_ii' = A_ii + jitter diag(d), so A_ii Q = E - jitter d Q; across a side only
+    the facing cells couple.
+    """
+    diag, east, west, north, south, real = arrays
+    tx, ty = part.tx, part.ty
+    d = torch.where((real > 0) & (diag > 0), diag, torch.ones_like(diag))
+    own = basis.transpose(1, 2) @ (sources - jitter * d[..., None] * basis)
+    k = torch.arange(part.leaf_size, device=arrays.device)
+    li, lj = k // ty, k % ty
+    wside, eside, sside, nside = k[li == 0], k[li == tx - 1], k[lj == 0], k[lj == ty - 1]
+    nbrs = _leaf_neighbours(part).to(arrays.device)
+    blocks = [own]
+    for side, (coupling, cells, facing) in enumerate(((west, wside, eside), (east, eside, wside),
+                                                      (south, sside, nside), (north, nside, sside))):
+        there = basis[nbrs[side].clamp_min(0)][:, facing] * (nbrs[side] >= 0)[:, None, None]
+        blocks.append(-(basis[:, cells] * coupling[:, cells, None]).transpose(1, 2) @ there)
+    return torch.stack(blocks, 1)
+
+
+@lru_cache(maxsize=64)
 def _leaf_neighbours(part: Partition) -> torch.Tensor:
     """(4, nl) leaf index across each side (W, E, S, N, the basis' side order), -1 at the grid's edge."""
     coords = part.leaf_coords()
@@ -99,6 +125,7 @@ def _leaf_neighbours(part: Partition) -> torch.Tensor:
     return out
 
 
+@lru_cache(maxsize=64)
 def coarse_selection(part: Partition, k: int, rank: int) -> torch.Tensor:
     """Coarse coefficients (depth, n_leaves, k, rank) in the harmonic basis: the coarse functions.
 
@@ -148,68 +175,70 @@ class Analytic:
     arrays: torch.Tensor     # (6, nl, L) leaf-order stencil data, FIELDS
     leaf: torch.Tensor       # (nl, L, L) L_i^-T: block-Jacobi factor
     basis: torch.Tensor      # (nl, L, k) harmonic basis Q_i
+    coupling: torch.Tensor   # (nl, 5, k, k) Q^T A Q blocks, see basis_coupling
     scale: torch.Tensor      # (nl,) mean(diag)^-1/2 over the leaf's real cells
     selection: torch.Tensor  # (depth, nl, k, r) initial coarse coefficients
 
     @classmethod
     def build(cls, system: PoissonSystem, part: Partition, segments: int, rank: int,
-              dtype: torch.dtype = torch.float32) -> "Analytic":
+              dtype: torch.dtype = torch.float32, jitter: float = 1e-6) -> "Analytic":
         arrays = leaf_arrays(system.to(dtype=torch.float64), part)
-        chol = torch.linalg.cholesky(leaf_matrices(arrays, part))
+        chol = torch.linalg.cholesky(leaf_matrices(arrays, part, jitter))
         eye = torch.eye(part.leaf_size, dtype=torch.float64, device=chol.device).expand_as(chol)
         leaf = torch.linalg.solve_triangular(chol, eye, upper=False).transpose(1, 2)
-        basis = torch.cholesky_solve(harmonic_sources(arrays, part, segments), chol)
+        sources = harmonic_sources(arrays, part, segments)
+        basis = leaf @ (leaf.transpose(1, 2) @ sources)
+        coupling = basis_coupling(arrays, part, basis, sources, jitter)
         real = arrays[5]
         mean_d = (arrays[0] * real).sum(1) / real.sum(1).clamp_min(1)
         scale = torch.where(mean_d > 0, mean_d, torch.ones_like(mean_d)).rsqrt()
         sel = coarse_selection(part, basis.shape[-1], rank).to(chol.device)
         return cls(arrays.to(dtype), leaf.to(dtype).contiguous(), basis.to(dtype).contiguous(),
-                   scale.to(dtype), sel.to(dtype))
+                   coupling.to(dtype), scale.to(dtype), sel.to(dtype))
 
 
-def cut_matvec(system: PoissonSystem, part: Partition, depth: int, v: torch.Tensor) -> torch.Tensor:
-    """blockdiag_c(A_cc) v over the depth-`depth` clusters: A with every coupling between clusters cut."""
-    east_d, north_d = part.edge_depths()
-    cx = system.cx.to(v.dtype) * (east_d.to(v.device) >= depth)
-    cy = system.cy.to(v.dtype) * (north_d.to(v.device) >= depth)
-    q = v.reshape(-1, part.nx, part.ny)
-    out = system.diag.to(v.dtype) * q
-    out[:, :-1] -= cx[:-1] * q[:, 1:]
-    out[:, 1:] -= cx[:-1] * q[:, :-1]
-    out[:, :, :-1] -= cy[:, :-1] * q[:, :, 1:]
-    out[:, :, 1:] -= cy[:, :-1] * q[:, :, :-1]
-    return out.reshape(v.shape)
+@lru_cache(maxsize=64)
+def _cluster_neighbours(part: Partition) -> tuple[torch.Tensor, torch.Tensor]:
+    """(5, nl) the leaf itself and its W, E, S, N neighbours (clamped to 0 at the edge), and
+    (depth, 5, nl) whether that neighbour lies in the leaf's own cluster at each depth."""
+    nbrs = torch.cat([torch.arange(part.n_leaves)[None], _leaf_neighbours(part)])
+    leaves = torch.arange(part.n_leaves)
+    shift = part.depth - torch.arange(part.depth)[:, None, None]
+    inside = (nbrs >= 0) & ((nbrs.clamp_min(0) >> shift) == (leaves >> shift))
+    return nbrs.clamp_min(0), inside
 
 
-def galerkin_factors(system: PoissonSystem, part: Partition, basis: torch.Tensor, coarse: torch.Tensor,
-                     weight: float, jitter: float = 1e-5) -> list[torch.Tensor]:
+def galerkin_factors(part: Partition, coupling: torch.Tensor, coarse: torch.Tensor, weight: float,
+                     jitter: float = 1e-5) -> list[torch.Tensor]:
     """Per depth d, R (2^d, r, r) with R R^T = w (V_c^T A_cc V_c)^-1 for V_c = [Q_i C_i]_{i in c}.
 
-    `coarse` is (depth, nl, k, r). A relative jitter keeps the Gram matrix invertible when the
-    coarse functions are (nearly) dependent or span a null vector of a floating (all-Neumann) cluster.
+    `coarse` is (depth, nl, k, r). V_c^T A_cc V_c = sum over leaves i of c and their neighbours j in c
+    of C_i^T (Q^T A Q)_ij C_j, from the basis-level coupling blocks: all depths in a few batched
+    products, all clusters in one Cholesky. A relative jitter keeps the Gram matrix invertible when
+    the coarse functions are (nearly) dependent or span a null vector of a floating (all-Neumann) cluster.
     """
-    r = coarse.shape[-1]
-    out = []
-    for d in range(part.depth):
-        v = basis @ coarse[d]                                           # (nl, L, r)
-        vr = v.permute(2, 0, 1).reshape(r, -1)
-        av = part.to_leaf(cut_matvec(system, part, d, part.from_leaf(vr)))
-        ncl = 1 << d
-        gram = torch.einsum("icx,jcx->cij", vr.view(r, ncl, -1), av.view(r, ncl, -1))
-        gram = 0.5 * (gram + gram.transpose(1, 2))
-        tr = gram.diagonal(dim1=1, dim2=2).mean(-1)
-        empty = (tr <= torch.finfo(gram.dtype).tiny).to(gram.dtype)   # all-padding clusters
-        eye = torch.eye(r, dtype=gram.dtype, device=gram.device)
-        gram = gram + (jitter * tr + empty)[:, None, None] * eye
-        chol = torch.linalg.cholesky(gram)
-        inv = torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)   # L^-1
-        out.append(inv.transpose(1, 2) * weight ** 0.5)
-    return out
+    depth, nl, _, r = coarse.shape
+    nbrs, inside = (t.to(coarse.device) for t in _cluster_neighbours(part))
+    ac = sum((coupling[:, j] @ coarse[:, nbrs[j]]) * inside[:, j, :, None, None] for j in range(5))
+    per_leaf = coarse.transpose(-1, -2) @ ac                                     # (depth, nl, r, r)
+    gram = torch.cat([per_leaf[d].view(1 << d, -1, r, r).sum(1) for d in range(depth)])
+    gram = 0.5 * (gram + gram.transpose(1, 2))
+    tr = gram.diagonal(dim1=1, dim2=2).mean(-1)
+    empty = (tr <= torch.finfo(gram.dtype).tiny).to(gram.dtype)                 # all-padding clusters
+    eye = torch.eye(r, dtype=gram.dtype, device=gram.device)
+    chol = torch.linalg.cholesky(gram + (jitter * tr + empty)[:, None, None] * eye)
+    inv = torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)  # L^-1
+    return list((inv.transpose(1, 2) * weight ** 0.5).split([1 << d for d in range(depth)]))
 
 
 @dataclass
 class HMatrix:
-    """M = G G^T + eps I with G = [B + F | W], see the module docstring. Vectors in cell order."""
+    """M = G G^T + eps I with G = [B + F | W], see the module docstring. Vectors in cell order.
+
+    The fields are G's factors; `__post_init__` multiplies out, once per system, the per-leaf
+    products that the apply needs (see `apply`), so an apply is seven batched GEMMs plus a
+    segmented sum per depth, whatever the network predicted.
+    """
 
     part: Partition
     leaf: torch.Tensor          # (nl, L, L)   B's leaf blocks
@@ -220,63 +249,65 @@ class HMatrix:
     gram: list[torch.Tensor]    # per depth (2^d, r, r): R_c
     eps: float
 
-    # ------------------------------------------------------------------ pieces of G
-    def _far(self, y: torch.Tensor, fu: torch.Tensor, fv: torch.Tensor) -> torch.Tensor:
-        """Sibling blocks in basis coordinates: z_i = sum_d fu_di sum_{j in sibling_d(i)} fv_dj^T y_j.
+    def __post_init__(self) -> None:
+        """Fused per-leaf operators, all acting on row vectors (x_i^T @ op)."""
+        b, q = self.leaf, self.basis
+        nl, size, k = q.shape
+        depth, r = self.fu.shape[0], self.fu.shape[-1]
+        bq = b @ q
+        eye = torch.eye(size, dtype=q.dtype, device=q.device)
+        self.head = torch.cat([b @ b.transpose(1, 2) + self.eps * eye, q, bq], -1)      # (nl, L, L+2k)
+        self.tail = torch.cat([bq, q], -1).transpose(1, 2).contiguous()                 # (nl, 2k, L)
+        self.gtg = q.transpose(1, 2) @ q                                                 # (nl, k, k)
+        fu, fv, co = (t.permute(1, 2, 0, 3).reshape(nl, k, depth * r) for t in (self.fu, self.fv, self.coarse))
+        self.gather_y = torch.cat([fu, co], -1)                                          # (nl, k, 2 depth r)
+        self.gather_s = fv
+        self.spread_z = fv.transpose(1, 2).contiguous()                                  # (nl, depth r, k)
+        self.spread_s = fu.transpose(1, 2).contiguous()
+        # R_c R_c^T of each leaf's cluster, folded into the coarse spread: (R R^T) C_di^T
+        rrt = [(g @ g.transpose(1, 2)).repeat_interleave(nl >> d, 0) for d, g in enumerate(self.gram)]
+        self.spread_c = (torch.stack(rrt, 1) @ self.coarse.transpose(0, 1).transpose(-1, -2)).reshape(nl, depth * r, k) \
+            if depth else q.new_zeros(nl, 0, k)
 
-        Per depth, the 2^(d+1) halves are equal contiguous slices of the leaves: one batched GEMM
-        gathers each half's r coefficients, a flip hands them to the sibling, one GEMM spreads them.
-        """
-        nl, k, m = y.shape
-        r = fu.shape[-1]
-        z = torch.zeros_like(y)
-        for d in range(fu.shape[0]):
-            shape = (1 << d, 2, (nl >> (d + 1)) * k)
-            t = fv[d].view(*shape, r).transpose(-1, -2) @ y.view(*shape, m)           # (pairs, 2, r, m)
-            z.view(*shape, m).add_(fu[d].view(*shape, r) @ t.flip(1))
-        return z
-
-    def _coarse_t(self, y: torch.Tensor) -> list[torch.Tensor]:
-        """W^T in basis coordinates: per depth (2^d, r, m) = R_c^T sum_{i in c} C_i^T y_i."""
-        nl, k, m = y.shape
-        r = self.coarse.shape[-1]
-        return [rc.transpose(1, 2) @ (self.coarse[d].view(1 << d, -1, r).transpose(1, 2) @ y.view(1 << d, -1, m))
-                for d, rc in enumerate(self.gram)]
-
-    def _coarse(self, u: list[torch.Tensor], z: torch.Tensor) -> torch.Tensor:
-        """z + W u in basis coordinates: z_i += sum_d C_di (R_c u_c)."""
-        r = self.coarse.shape[-1]
-        for d, (rc, ud) in enumerate(zip(self.gram, u)):
-            z.view(1 << d, -1, z.shape[-1]).add_(self.coarse[d].view(1 << d, -1, r) @ (rc @ ud))
-        return z
-
-    def g_transpose(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """G^T x for x in leaf layout (nl, L, m): the square part and the coarse part."""
-        q = self.basis
-        y = q.transpose(1, 2) @ x
-        return self.leaf.transpose(1, 2) @ x + q @ self._far(y, self.fv, self.fu), self._coarse_t(y)
-
-    def g(self, u: tuple[torch.Tensor, list[torch.Tensor]]) -> torch.Tensor:
-        """G u for u = (square part (nl, L, m), coarse part per depth)."""
-        sq, co = u
-        q = self.basis
-        z = self._coarse(co, self._far(q.transpose(1, 2) @ sq, self.fu, self.fv))
-        return self.leaf @ sq + q @ z
+    def _level_sums(self, t: torch.Tensor, parts: int) -> torch.Tensor:
+        """t (nl, m, parts * depth * r) per-leaf coefficients -> for every leaf and depth, their sum over
+        the leaf's sibling half (part 0) and its whole cluster (part 1): differences of a float64
+        prefix sum over the leaves at the partition's cached range ends."""
+        nl, m, _ = t.shape
+        groups = parts * self.fu.shape[0]
+        prefix = t.view(nl, m, groups, -1).transpose(1, 2).cumsum(0, dtype=torch.float64)
+        prefix = torch.cat([prefix.new_zeros(1, *prefix.shape[1:]), prefix]).view((nl + 1) * groups, m, -1)
+        ends = prefix.index_select(0, self.part.level_ends(parts)).view(2, nl, groups, m, -1)
+        return (ends[0] - ends[1]).to(t.dtype).transpose(1, 2).reshape(t.shape)
 
     # ------------------------------------------------------------------ the operator
+    def apply_leaf(self, x: torch.Tensor) -> torch.Tensor:
+        """M x for x in leaf layout (nl, m, L), rows of m vectors per leaf.
+
+        G G^T x = B B^T x + (B Q) z + Q w with y = Q^T x, z = F^T y (basis coordinates),
+        s = Q^T B^T x + Q^T Q z and w = F s + W W^T y.
+        """
+        size, k = x.shape[-1], self.basis.shape[-1]
+        h = x @ self.head
+        t = self._level_sums(h[..., size:size + k] @ self.gather_y, 2)
+        far, coarse = t.chunk(2, -1)
+        z = far @ self.spread_z
+        s = torch.baddbmm(h[..., size + k:], z, self.gtg)
+        w = torch.baddbmm(coarse @ self.spread_c, self._level_sums(s @ self.gather_s, 1), self.spread_s)
+        return torch.baddbmm(h[..., :size], torch.cat([z, w], -1), self.tail)
+
     def apply(self, v: torch.Tensor) -> torch.Tensor:
         """M v for v shaped (n,) or (m, n) in cell order, in the operator's dtype."""
         p = self.part
         flat = v.reshape(-1, p.n).to(self.leaf.dtype)
-        x = p.to_leaf(flat).view(flat.shape[0], p.n_leaves, p.leaf_size).permute(1, 2, 0)
-        out = self.g(self.g_transpose(x)) + self.eps * x
-        return p.from_leaf(out.permute(2, 0, 1).reshape(flat.shape[0], -1)).reshape(v.shape)
+        x = p.to_leaf(flat).view(flat.shape[0], p.n_leaves, p.leaf_size).transpose(0, 1)
+        out = self.apply_leaf(x)
+        return p.from_leaf(out.transpose(0, 1).reshape(flat.shape[0], -1)).reshape(v.shape)
 
     def to_dense(self) -> torch.Tensor:
         """M as a dense (n, n) matrix (tests only)."""
         n = self.part.n
         return self.apply(torch.eye(n, dtype=self.leaf.dtype, device=self.leaf.device)).T
-
 
 
 def assemble(system: PoissonSystem, part: Partition, an: Analytic, leaf_corr: torch.Tensor, fu: torch.Tensor,
@@ -291,6 +322,6 @@ def assemble(system: PoissonSystem, part: Partition, an: Analytic, leaf_corr: to
     q = an.basis
     leaf = an.leaf + g[:, None, None] * (q @ leaf_corr @ q.transpose(1, 2))
     root = g.sqrt()[None, :, None, None]
-    gram = galerkin_factors(system, part, q, an.selection, level_weight)
+    gram = galerkin_factors(part, an.coupling, an.selection, level_weight)
     return HMatrix(part, leaf.contiguous(), q, (fu * root).contiguous(), (fv * root).contiguous(), an.selection, gram,
                    eps / float(system.diag.max()))

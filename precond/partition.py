@@ -133,6 +133,13 @@ class Partition:
         """
         return _level_geometry(self)
 
+    def level_ends(self, parts: int) -> torch.Tensor:
+        """Range ends for segmented sums over leaves, (2 * n_leaves * parts * depth,): for every leaf
+        and depth, the leaf range [lo, hi) of its sibling half (part 0) and of its whole cluster
+        (part 1), as flat rows hi * g + j, then lo * g + j, of a (n_leaves + 1, g = parts * depth)
+        exclusive prefix sum."""
+        return _level_ends(self, parts)
+
     def edge_depths(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Deepest depth at which each east / north edge lies inside one cluster, (nx, ny) each.
 
@@ -221,3 +228,15 @@ def _edge_depths(p: Partition) -> tuple[torch.Tensor, torch.Tensor]:
     east[:-1] = depth_of(cell_leaf[:-1], cell_leaf[1:])
     north[:, :-1] = depth_of(cell_leaf[:, :-1], cell_leaf[:, 1:])
     return east, north
+
+
+@lru_cache(maxsize=64)
+def _level_ends(p: Partition, parts: int) -> torch.Tensor:
+    leaf = torch.arange(p.n_leaves)[:, None]
+    half = p.n_leaves >> (torch.arange(p.depth)[None, :] + 1)
+    sibling = (leaf // half * half) ^ half
+    cluster = leaf // (2 * half) * (2 * half)
+    lo = torch.stack([sibling, cluster], 1)[:, :parts].reshape(p.n_leaves, -1)
+    hi = torch.stack([sibling + half, cluster + 2 * half], 1)[:, :parts].reshape(p.n_leaves, -1)
+    col = torch.arange(lo.shape[1])
+    return torch.cat([hi * lo.shape[1] + col, lo * lo.shape[1] + col]).reshape(-1)

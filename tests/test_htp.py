@@ -13,7 +13,7 @@ from precond import PoissonSystem, PreconditionerUnavailable, Solver
 from precond.dataset import load_dir
 from precond.dataset import main as dataset_main
 from precond.dumps import REPO
-from precond.hmatrix import HMatrix, cut_matvec
+from precond.hmatrix import HMatrix
 from precond.htp import HTP
 from precond.loss import LossConfig, make_probes, probe_loss
 from precond.model import HTPConfig, HTPModel
@@ -126,7 +126,6 @@ def test_coarse_levels_are_weighted_galerkin_inverses():
     inside = v.abs().sum(1) > 0
     a_cc = a[inside][:, inside]
     gram = v[inside].T @ a_cc @ v[inside]
-    assert torch.allclose(cut_matvec(s, p, d, v.T).T[inside], a_cc @ v[inside], atol=1e-12)
     rrt = hm.gram[d][c] @ hm.gram[d][c].T
     eye = torch.eye(gram.shape[0], dtype=torch.float64)
     jittered = gram + 1e-5 * gram.diagonal().mean() * eye
