@@ -28,7 +28,7 @@ class PoissonSystem:
     cx: torch.Tensor
     cy: torch.Tensor
     null_tol: float = 1e-10
-    _null: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False)
+    _null: tuple[torch.Tensor | None, torch.Tensor] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not (self.diag.shape == self.cx.shape == self.cy.shape) or self.diag.dim() != 2:
@@ -96,20 +96,20 @@ class PoissonSystem:
         return s
 
     # ------------------------------------------------------------------ null space
-    def _null_space(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Label every cell with its floating component (no Dirichlet weight), or None if A is regular."""
-        excess = self.dirichlet().abs().reshape(-1)
-        scale = self.diag.abs().max().clamp_min(torch.finfo(self.dtype).tiny)
-        if bool((excess > self.null_tol * scale).all()):
+    def _null_space(self) -> tuple[torch.Tensor | None, torch.Tensor] | None:
+        """Label every cell with its floating component (no Dirichlet weight), or None if A is regular.
+
+        The labels are None when the whole grid is one floating component (a closed box)."""
+        grounded_cell = self.dirichlet().abs().reshape(-1) > self.null_tol * self.diag.abs().max()
+        if bool(grounded_cell.all()):
             return None
         if bool((self.cx[:-1] > 0).all()) and bool((self.cy[:, :-1] > 0).all()):
             # Every neighbour pair is coupled: one component, no graph search needed.
-            ncomp, labels_t = 1, torch.zeros(self.n, dtype=torch.long, device=self.device)
-        else:
-            ncomp, labels = csgraph.connected_components(self._graph(), directed=False)
-            labels_t = torch.as_tensor(labels, device=self.device)
+            return None if bool(grounded_cell.any()) else (None, torch.ones(1, dtype=self.dtype, device=self.device))
+        ncomp, labels = csgraph.connected_components(self._graph(), directed=False)
+        labels_t = torch.as_tensor(labels, device=self.device)
         grounded = torch.zeros(ncomp, dtype=torch.bool, device=self.device)
-        grounded.index_put_((labels_t,), excess > self.null_tol * scale, accumulate=True)
+        grounded.index_put_((labels_t,), grounded_cell, accumulate=True)
         if bool(grounded.all()):
             return None
         floating = ~grounded
@@ -132,6 +132,8 @@ class PoissonSystem:
         if self._null is None:
             return v
         label, counts = self._null
+        if label is None:
+            return v - v.mean()
         sums = torch.zeros(counts.shape[0], dtype=v.dtype, device=v.device)
         sums.index_add_(0, label, v)
         means = sums / counts.to(v.dtype)
