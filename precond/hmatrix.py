@@ -170,7 +170,8 @@ def coarse_selection(part: Partition, k: int, rank: int) -> torch.Tensor:
 
 @dataclass
 class Analytic:
-    """Per-system quantities computed without the network (float64 factorisations, cast to `dtype`)."""
+    """Per-system quantities computed without the network (float64 factorisations, once per distinct
+    leaf, cast to `dtype`)."""
 
     arrays: torch.Tensor     # (6, nl, L) leaf-order stencil data, FIELDS
     leaf: torch.Tensor       # (nl, L, L) L_i^-T: block-Jacobi factor
@@ -183,45 +184,51 @@ class Analytic:
     def build(cls, system: PoissonSystem, part: Partition, segments: int, rank: int,
               dtype: torch.dtype = torch.float32, jitter: float = 1e-6) -> "Analytic":
         arrays = leaf_arrays(system.to(dtype=torch.float64), part)
-        chol = torch.linalg.cholesky(leaf_matrices(arrays, part, jitter))
+        # leaves with identical stencil data (pure-phase interiors) share one factorisation
+        unique, index = torch.unique(arrays.transpose(0, 1).reshape(part.n_leaves, -1), dim=0, return_inverse=True)
+        unique = unique.view(-1, len(FIELDS), part.leaf_size).transpose(0, 1)
+        chol = torch.linalg.cholesky(leaf_matrices(unique, part, jitter))
         eye = torch.eye(part.leaf_size, dtype=torch.float64, device=chol.device).expand_as(chol)
         leaf = torch.linalg.solve_triangular(chol, eye, upper=False).transpose(1, 2)
-        sources = harmonic_sources(arrays, part, segments)
-        basis = leaf @ (leaf.transpose(1, 2) @ sources)
-        coupling = basis_coupling(arrays, part, basis, sources, jitter)
+        sources = harmonic_sources(unique, part, segments)
+        basis = (leaf @ (leaf.transpose(1, 2) @ sources))[index]
+        coupling = basis_coupling(arrays, part, basis, sources[index], jitter)
         real = arrays[5]
         mean_d = (arrays[0] * real).sum(1) / real.sum(1).clamp_min(1)
         scale = torch.where(mean_d > 0, mean_d, torch.ones_like(mean_d)).rsqrt()
         sel = coarse_selection(part, basis.shape[-1], rank).to(chol.device)
-        return cls(arrays.to(dtype), leaf.to(dtype).contiguous(), basis.to(dtype).contiguous(),
+        return cls(arrays.to(dtype), leaf.to(dtype)[index], basis.to(dtype),
                    coupling.to(dtype), scale.to(dtype), sel.to(dtype))
 
 
-@lru_cache(maxsize=64)
-def _cluster_neighbours(part: Partition) -> tuple[torch.Tensor, torch.Tensor]:
-    """(5, nl) the leaf itself and its W, E, S, N neighbours (clamped to 0 at the edge), and
-    (depth, 5, nl) whether that neighbour lies in the leaf's own cluster at each depth."""
+@lru_cache(maxsize=16)
+def _neighbour_coarse(part: Partition, k: int, rank: int, dtype: torch.dtype) -> torch.Tensor:
+    """(nl, 5 k, depth r): the coarse coefficients of each leaf itself and of its W, E, S, N
+    neighbours (rows), per depth (columns), zero where the neighbour lies outside the leaf's cluster."""
     nbrs = torch.cat([torch.arange(part.n_leaves)[None], _leaf_neighbours(part)])
-    leaves = torch.arange(part.n_leaves)
     shift = part.depth - torch.arange(part.depth)[:, None, None]
-    inside = (nbrs >= 0) & ((nbrs.clamp_min(0) >> shift) == (leaves >> shift))
-    return nbrs.clamp_min(0), inside
+    inside = (nbrs >= 0) & ((nbrs.clamp_min(0) >> shift) == (torch.arange(part.n_leaves) >> shift))
+    sel = coarse_selection(part, k, rank)[:, nbrs.clamp_min(0)] * inside[..., None, None]   # (depth, 5, nl, k, r)
+    return sel.permute(2, 1, 3, 0, 4).reshape(part.n_leaves, 5 * k, -1).to(dtype)
 
 
 def galerkin_factors(part: Partition, coupling: torch.Tensor, coarse: torch.Tensor, weight: float,
                      jitter: float = 1e-5) -> list[torch.Tensor]:
     """Per depth d, R (2^d, r, r) with R R^T = w (V_c^T A_cc V_c)^-1 for V_c = [Q_i C_i]_{i in c}.
 
-    `coarse` is (depth, nl, k, r). V_c^T A_cc V_c = sum over leaves i of c and their neighbours j in c
-    of C_i^T (Q^T A Q)_ij C_j, from the basis-level coupling blocks: all depths in a few batched
-    products, all clusters in one Cholesky. A relative jitter keeps the Gram matrix invertible when
-    the coarse functions are (nearly) dependent or span a null vector of a floating (all-Neumann) cluster.
+    `coarse` (depth, nl, k, r) is coarse_selection's. V_c^T A_cc V_c = sum over leaves i of c and their
+    neighbours j in c of C_i^T (Q^T A Q)_ij C_j, from the basis-level coupling blocks: one batched
+    GEMM for all depths, one per depth over its clusters, one Cholesky for all clusters. A relative
+    jitter keeps the Gram matrix invertible when the coarse functions are (nearly) dependent or span
+    a null vector of a floating (all-Neumann) cluster.
     """
-    depth, nl, _, r = coarse.shape
-    nbrs, inside = (t.to(coarse.device) for t in _cluster_neighbours(part))
-    ac = sum((coupling[:, j] @ coarse[:, nbrs[j]]) * inside[:, j, :, None, None] for j in range(5))
-    per_leaf = coarse.transpose(-1, -2) @ ac                                     # (depth, nl, r, r)
-    gram = torch.cat([per_leaf[d].view(1 << d, -1, r, r).sum(1) for d in range(depth)])
+    depth, nl, k, r = coarse.shape
+    if not depth:
+        return []
+    near = _neighbour_coarse(part, k, r, coarse.dtype).to(coarse.device)
+    ac = (coupling.transpose(1, 2).reshape(nl, k, 5 * k) @ near).view(nl, k, depth, r).permute(2, 0, 1, 3)
+    gram = torch.cat([coarse[d].reshape(1 << d, -1, r).transpose(1, 2) @ ac[d].reshape(1 << d, -1, r)
+                      for d in range(depth)])
     gram = 0.5 * (gram + gram.transpose(1, 2))
     tr = gram.diagonal(dim1=1, dim2=2).mean(-1)
     empty = (tr <= torch.finfo(gram.dtype).tiny).to(gram.dtype)                 # all-padding clusters
@@ -255,8 +262,9 @@ class HMatrix:
         nl, size, k = q.shape
         depth, r = self.fu.shape[0], self.fu.shape[-1]
         bq = b @ q
-        eye = torch.eye(size, dtype=q.dtype, device=q.device)
-        self.head = torch.cat([b @ b.transpose(1, 2) + self.eps * eye, q, bq], -1)      # (nl, L, L+2k)
+        bbt = b @ b.transpose(1, 2)
+        bbt.diagonal(dim1=1, dim2=2).add_(self.eps)
+        self.head = torch.cat([bbt, q, bq], -1)                                        # (nl, L, L+2k)
         self.tail = torch.cat([bq, q], -1).transpose(1, 2).contiguous()                 # (nl, 2k, L)
         self.gtg = q.transpose(1, 2) @ q                                                 # (nl, k, k)
         fu, fv, co = (t.permute(1, 2, 0, 3).reshape(nl, k, depth * r) for t in (self.fu, self.fv, self.coarse))
@@ -265,19 +273,19 @@ class HMatrix:
         self.spread_z = fv.transpose(1, 2).contiguous()                                  # (nl, depth r, k)
         self.spread_s = fu.transpose(1, 2).contiguous()
         # R_c R_c^T of each leaf's cluster, folded into the coarse spread: (R R^T) C_di^T
-        rrt = [(g @ g.transpose(1, 2)).repeat_interleave(nl >> d, 0) for d, g in enumerate(self.gram)]
-        self.spread_c = (torch.stack(rrt, 1) @ self.coarse.transpose(0, 1).transpose(-1, -2)).reshape(nl, depth * r, k) \
-            if depth else q.new_zeros(nl, 0, k)
+        ck = [(self.coarse[d].reshape(1 << d, -1, r) @ (g @ g.transpose(1, 2))).view(nl, k, r)
+              for d, g in enumerate(self.gram)]
+        self.spread_c = torch.stack(ck, 2).view(nl, k, -1).transpose(1, 2).contiguous() if depth else q.new_zeros(nl, 0, k)
 
     def _level_sums(self, t: torch.Tensor, parts: int) -> torch.Tensor:
         """t (nl, m, parts * depth * r) per-leaf coefficients -> for every leaf and depth, their sum over
         the leaf's sibling half (part 0) and its whole cluster (part 1): differences of a float64
         prefix sum over the leaves at the partition's cached range ends."""
         nl, m, _ = t.shape
-        groups = parts * self.fu.shape[0]
-        prefix = t.view(nl, m, groups, -1).transpose(1, 2).cumsum(0, dtype=torch.float64)
-        prefix = torch.cat([prefix.new_zeros(1, *prefix.shape[1:]), prefix]).view((nl + 1) * groups, m, -1)
-        ends = prefix.index_select(0, self.part.level_ends(parts)).view(2, nl, groups, m, -1)
+        groups, r = parts * self.fu.shape[0], self.fu.shape[-1]
+        prefix = t.view(nl, m, groups, r).transpose(1, 2).cumsum(0, dtype=torch.float64)
+        prefix = torch.cat([prefix.new_zeros(1, groups, m, r), prefix]).view((nl + 1) * groups, m, r)
+        ends = prefix.index_select(0, self.part.level_ends(parts)).view(2, nl, groups, m, r)
         return (ends[0] - ends[1]).to(t.dtype).transpose(1, 2).reshape(t.shape)
 
     # ------------------------------------------------------------------ the operator

@@ -99,7 +99,7 @@ def _dense_reference(hm: HMatrix) -> torch.Tensor:
     return m[pos][:, pos]
 
 
-@pytest.mark.parametrize("grid", [(32, 16), (33, 17)])
+@pytest.mark.parametrize("grid", [(32, 16), (33, 17), (8, 8)])
 def test_batched_apply_matches_dense(grid):
     s = _system(*grid, seed=3)
     with torch.no_grad():
