@@ -75,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     for path, what in ((args.stats_json, "--stats-json"), (args.record, "--record"), (args.screenshot, "--screenshot")):
         _check_writable(path, what)
+    if not args.headless:
+        from app.viewer import missing_display
+        if missing_display():  # say so before minutes of set-up, not after
+            print(missing_display(), file=sys.stderr)
+            return 2
     if args.device == "cuda":
         import torch
         if not torch.cuda.is_available():

@@ -342,6 +342,13 @@ def _nearest(choices: tuple[int, ...], value: int) -> int:
     return min(range(len(choices)), key=lambda k: abs(choices[k] - value))
 
 
+def missing_display() -> Optional[str]:
+    """The one-line message to print when there is no display to open a window on, else None."""
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return None
+    return NO_DISPLAY.format(why=" (neither DISPLAY nor WAYLAND_DISPLAY is set)")
+
+
 def run_window(sim: Simulation, record: Optional[str] = None, screenshot: Optional[str] = None,
                frames: Optional[int] = None, render_mode: str = "phase") -> int:
     """Open the viewer on `sim`; returns the exit code: 0, 1 (a --frames run whose simulation failed), 2 (no display).
@@ -349,8 +356,8 @@ def run_window(sim: Simulation, record: Optional[str] = None, screenshot: Option
     With `frames`, the window closes after that many frames (saving `screenshot` first); without,
     it runs until closed and saves `screenshot`, if any, on close. SIGINT closes the window cleanly.
     """
-    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        print(NO_DISPLAY.format(why=" (neither DISPLAY nor WAYLAND_DISPLAY is set)"), file=sys.stderr)
+    if missing_display():
+        print(missing_display(), file=sys.stderr)
         return 2
     viewer = Viewer(sim, ViewerState.from_simulation(sim, render_mode), record, screenshot, frames)
     params = hello_imgui.RunnerParams()

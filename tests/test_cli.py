@@ -105,3 +105,11 @@ def test_bench_writes_table_and_plot(tmp_path):
     its = {r["method"]: int(r["iterations"]) for r in rows}
     assert its["mgpcg"] < its["jacobi"]
     assert (tmp_path / "convergence.png").stat().st_size > 10_000
+
+
+def test_window_without_display_says_so_before_building_anything(monkeypatch, capsys):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert main.main([DAMBREAK]) == 2
+    line = _error_line(capsys)
+    assert "--headless" in line and "xvfb-run" in line
