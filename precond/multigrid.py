@@ -67,8 +67,12 @@ def _stencil_pattern(nx: int, ny: int) -> tuple[sp.csr_matrix, np.ndarray]:
     return a, np.stack([slots[order], sign[order]])
 
 
-def _galerkin_map(a: sp.csr_matrix, p: sp.csr_matrix) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """Coarse pattern of P^T A P and the map G with coarse values = G @ fine values (CSR data order)."""
+def _galerkin_map(a: sp.csr_matrix, p: sp.csr_matrix, coarse_ny: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Coarse pattern of P^T A P and the map G with coarse values = G @ fine values (CSR data order).
+
+    The pattern is P^T |A| P's (positive weights cannot cancel); each fine entry's contributions
+    find their coarse slot through a dense table over the (2R+1)^2 grid offsets a coarse row spans.
+    """
     nc = p.shape[1]
     width = int(np.diff(p.indptr).max())
     pidx = np.zeros((p.shape[0], width), dtype=np.int64)
@@ -77,18 +81,27 @@ def _galerkin_map(a: sp.csr_matrix, p: sp.csr_matrix) -> tuple[sp.csr_matrix, sp
         has = np.diff(p.indptr) > k
         pidx[has, k] = p.indices[p.indptr[:-1][has] + k]
         pw[has, k] = p.data[p.indptr[:-1][has] + k]
-    rows = np.repeat(np.arange(a.shape[0]), np.diff(a.indptr))
-    cols = a.indices
-    ci = pidx[rows][:, :, None]
-    cj = pidx[cols][:, None, :]
-    w = (pw[rows][:, :, None] * pw[cols][:, None, :])
-    entry = np.broadcast_to(np.arange(len(rows))[:, None, None], w.shape)
-    keep = w != 0
-    key = (np.broadcast_to(ci, w.shape)[keep] * nc + np.broadcast_to(cj, w.shape)[keep])
-    uniq, slot = np.unique(key, return_inverse=True)
-    g = sp.csr_matrix((w[keep], (slot, entry[keep])), shape=(len(uniq), len(rows)))
-    coarse = sp.csr_matrix((np.ones(len(uniq)), (uniq // nc, uniq % nc)), shape=(nc, nc))
+    ones = sp.csr_matrix((np.ones(a.nnz), a.indices, a.indptr), shape=a.shape)
+    coarse = (p.T @ ones @ p).tocsr()
     coarse.sort_indices()
+    coarse.data[:] = 1.0
+    cx, cy = np.divmod(np.arange(nc), coarse_ny)   # coarse cell -> grid coordinates
+    crow = np.repeat(np.arange(nc), np.diff(coarse.indptr))
+    dx, dy = cx[coarse.indices] - cx[crow], cy[coarse.indices] - cy[crow]
+    reach = int(max(np.abs(dx).max(), np.abs(dy).max()))
+    span = 2 * reach + 1
+    table = np.full((nc, span * span), -1, dtype=np.int64)
+    table[crow, (dx + reach) * span + dy + reach] = np.arange(coarse.nnz)
+
+    rows = np.repeat(np.arange(a.shape[0]), np.diff(a.indptr))
+    w = pw[rows][:, :, None] * pw[a.indices][:, None, :]   # (fine entry, parent of row, parent of col)
+    keep = w != 0
+    ci = np.broadcast_to(pidx[rows][:, :, None], w.shape)[keep]
+    cj = np.broadcast_to(pidx[a.indices][:, None, :], w.shape)[keep]
+    slot = table[ci, (cx[cj] - cx[ci] + reach) * span + cy[cj] - cy[ci] + reach]
+    # kept products come grouped by fine entry: G's columns in CSC order
+    indptr = np.concatenate([[0], np.cumsum(keep.reshape(len(rows), -1).sum(1))])
+    g = sp.csc_matrix((w[keep], slot, indptr), shape=(coarse.nnz, len(rows))).tocsr()
     return coarse, g
 
 
@@ -99,7 +112,7 @@ def _hierarchy(nx: int, ny: int, coarsest: int) -> dict:
     levels, a = [], fine
     while nx * ny > coarsest and max(nx, ny) > 1:
         p = sp.kron(_prolong_1d(nx), _prolong_1d(ny), format="csr")
-        coarse, g = _galerkin_map(a, p)
+        coarse, g = _galerkin_map(a, p, (ny + 1) // 2)
         rows = np.repeat(np.arange(a.shape[0]), np.diff(a.indptr))
         levels.append(dict(a=a, rows=rows, diag=np.flatnonzero(rows == a.indices), p=p, r=p.T.tocsr(), g=g))
         a, nx, ny = coarse, (nx + 1) // 2, (ny + 1) // 2
