@@ -25,7 +25,7 @@ M positive definite. Padding cells (see partition.py) carry zeros in Q, so M on 
 cells is a principal submatrix of an SPD matrix.
 
 Applying M: once per system the per-leaf products B B^T, B Q, Q^T Q and the far/coarse factors
-(with R_c R_c^T folded in) are multiplied out, so one apply is seven batched GEMMs over the leaves
+(with R_c R_c^T folded in) are multiplied out, so one apply is eight batched GEMMs over the leaves
 (row vectors times per-leaf matrices) plus, per pass, one float64 prefix sum over the leaves whose
 differences give every depth's sibling-half and cluster sums at once (no loop over depths or
 clusters, no sparse indexing; the cell <-> leaf permutation is a transpose of the padded grid):
@@ -243,8 +243,8 @@ class HMatrix:
     """M = G G^T + eps I with G = [B + F | W], see the module docstring. Vectors in cell order.
 
     The fields are G's factors; `__post_init__` multiplies out, once per system, the per-leaf
-    products that the apply needs (see `apply`), so an apply is seven batched GEMMs plus a
-    segmented sum per depth, whatever the network predicted.
+    products that the apply needs (see `apply_leaf`), so an apply is eight batched GEMMs and two
+    prefix-sum segment sums, whatever the network predicted.
     """
 
     part: Partition
