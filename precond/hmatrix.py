@@ -202,14 +202,14 @@ class Analytic:
 
 
 @lru_cache(maxsize=16)
-def _neighbour_coarse(part: Partition, k: int, rank: int, dtype: torch.dtype) -> torch.Tensor:
+def _neighbour_coarse(part: Partition, k: int, rank: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """(nl, 5 k, depth r): the coarse coefficients of each leaf itself and of its W, E, S, N
     neighbours (rows), per depth (columns), zero where the neighbour lies outside the leaf's cluster."""
     nbrs = torch.cat([torch.arange(part.n_leaves)[None], _leaf_neighbours(part)])
     shift = part.depth - torch.arange(part.depth)[:, None, None]
     inside = (nbrs >= 0) & ((nbrs.clamp_min(0) >> shift) == (torch.arange(part.n_leaves) >> shift))
     sel = coarse_selection(part, k, rank)[:, nbrs.clamp_min(0)] * inside[..., None, None]   # (depth, 5, nl, k, r)
-    return sel.permute(2, 1, 3, 0, 4).reshape(part.n_leaves, 5 * k, -1).to(dtype)
+    return sel.permute(2, 1, 3, 0, 4).reshape(part.n_leaves, 5 * k, -1).to(device, dtype)
 
 
 def galerkin_factors(part: Partition, coupling: torch.Tensor, coarse: torch.Tensor, weight: float,
@@ -225,7 +225,7 @@ def galerkin_factors(part: Partition, coupling: torch.Tensor, coarse: torch.Tens
     depth, nl, k, r = coarse.shape
     if not depth:
         return []
-    near = _neighbour_coarse(part, k, r, coarse.dtype).to(coarse.device)
+    near = _neighbour_coarse(part, k, r, coarse.dtype, coarse.device)
     ac = (coupling.transpose(1, 2).reshape(nl, k, 5 * k) @ near).view(nl, k, depth, r).permute(2, 0, 1, 3)
     gram = torch.cat([coarse[d].reshape(1 << d, -1, r).transpose(1, 2) @ ac[d].reshape(1 << d, -1, r)
                       for d in range(depth)])
@@ -285,7 +285,7 @@ class HMatrix:
         groups, r = parts * self.fu.shape[0], self.fu.shape[-1]
         prefix = t.view(nl, m, groups, r).transpose(1, 2).cumsum(0, dtype=torch.float64)
         prefix = torch.cat([prefix.new_zeros(1, groups, m, r), prefix]).view((nl + 1) * groups, m, r)
-        ends = prefix.index_select(0, self.part.level_ends(parts)).view(2, nl, groups, m, r)
+        ends = prefix.index_select(0, self.part.level_ends(parts, t.device)).view(2, nl, groups, m, r)
         return (ends[0] - ends[1]).to(t.dtype).transpose(1, 2).reshape(t.shape)
 
     # ------------------------------------------------------------------ the operator

@@ -133,12 +133,12 @@ class Partition:
         """
         return _level_geometry(self)
 
-    def level_ends(self, parts: int) -> torch.Tensor:
+    def level_ends(self, parts: int, device: torch.device) -> torch.Tensor:
         """Range ends for segmented sums over leaves, (2 * n_leaves * parts * depth,): for every leaf
         and depth, the leaf range [lo, hi) of its sibling half (part 0) and of its whole cluster
         (part 1), as flat rows hi * g + j, then lo * g + j, of a (n_leaves + 1, g = parts * depth)
         exclusive prefix sum."""
-        return _level_ends(self, parts)
+        return _level_ends(self, parts, torch.device(device))
 
     def edge_depths(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Deepest depth at which each east / north edge lies inside one cluster, (nx, ny) each.
@@ -231,7 +231,7 @@ def _edge_depths(p: Partition) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @lru_cache(maxsize=64)
-def _level_ends(p: Partition, parts: int) -> torch.Tensor:
+def _level_ends(p: Partition, parts: int, device: torch.device) -> torch.Tensor:
     leaf = torch.arange(p.n_leaves)[:, None]
     half = p.n_leaves >> (torch.arange(p.depth)[None, :] + 1)
     sibling = (leaf // half * half) ^ half
@@ -239,4 +239,4 @@ def _level_ends(p: Partition, parts: int) -> torch.Tensor:
     lo = torch.stack([sibling, cluster], 1)[:, :parts].reshape(p.n_leaves, -1)
     hi = torch.stack([sibling + half, cluster + 2 * half], 1)[:, :parts].reshape(p.n_leaves, -1)
     col = torch.arange(lo.shape[1])
-    return torch.cat([hi * lo.shape[1] + col, lo * lo.shape[1] + col]).reshape(-1)
+    return torch.cat([hi * lo.shape[1] + col, lo * lo.shape[1] + col]).reshape(-1).to(device)
