@@ -1,4 +1,4 @@
-"""Training objectives: the cosine-Hutchinson probe loss and the SAI-style ablation.
+"""Training objectives: the cosine-Hutchinson probe loss, the SAI-style ablation and unrolled PCG.
 
 For probe vectors z, PCG converges fast when M A z points along z: the cosine loss
 `1 - cos(M A z, z)` asks exactly that and nothing about where the eigenvalues of M A sit
@@ -9,6 +9,10 @@ count. Both kinds sit inside every probe: the cosine of a probe made of smooth m
 is 1 whenever M A scales them alike, however small the scale, so a loss on such probes
 cannot see the smallest eigenvalues of M A drifting down; next to a rough part it can.
 On a singular (all-Neumann) system probes and M A z are projected to the range of A.
+
+The cosine is only loosely tied to the iteration count (corrections that lower it can raise
+the count), so `pcg` is also offered: the log relative residual after a few PCG iterations
+with M on A x = z, unrolled and differentiated, i.e. the quantity the iteration count follows.
 """
 from __future__ import annotations
 
@@ -23,11 +27,12 @@ from .system import PoissonSystem
 
 @dataclass
 class LossConfig:
-    kind: str = "cosine"                           # "cosine" or "sai"
+    kind: str = "cosine"                           # "cosine", "sai" or "pcg"
     probes: int = 32                               # per system and step
     smoothing: tuple[int, ...] = (0, 4, 16, 64)    # damped-Jacobi sweep counts of the probes' snapshots
     omega: float = 0.6                             # Jacobi damping
     mix: bool = True                               # each probe sums all smoothing levels (random weights)
+    cg_steps: int = 10                             # "pcg": PCG iterations unrolled per probe
 
 
 def project_rows(system: PoissonSystem, v: torch.Tensor) -> torch.Tensor:
@@ -60,8 +65,29 @@ def make_probes(system: PoissonSystem, cfg: LossConfig, generator: torch.Generat
     return snaps[torch.arange(cfg.probes, device=z.device), group]
 
 
-def probe_loss(hm: HMatrix, system: PoissonSystem, z: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
-    """Mean over probes of 1 - cos(M A z, z) (cosine) or ||M A z - z||^2 (sai), z of unit norm."""
+def pcg_residual(hm: HMatrix, system: PoissonSystem, z: torch.Tensor, steps: int) -> torch.Tensor:
+    """Mean log of the relative residual after `steps` PCG iterations with M on A x = z, one solve per
+    probe (batched, differentiable): what the solver's iteration count follows."""
+    system = system.to(dtype=hm.leaf.dtype)
+    z = z.to(hm.leaf.dtype)
+    dot = lambda a, b: (a * b).sum(1, keepdim=True)
+    r = z
+    u = project_rows(system, hm.apply(r))
+    p, rz = u, dot(r, u)
+    for _ in range(steps):
+        q = system.matvec(p)
+        r = r - rz / dot(p, q) * q
+        u = project_rows(system, hm.apply(r))
+        rz_new = dot(r, u)
+        p, rz = u + rz_new / rz * p, rz_new
+    return torch.log(torch.linalg.vector_norm(r, dim=1) / torch.linalg.vector_norm(z, dim=1)).mean()
+
+
+def probe_loss(hm: HMatrix, system: PoissonSystem, z: torch.Tensor, kind: str = "cosine", cg_steps: int = 10) -> torch.Tensor:
+    """Mean over probes of 1 - cos(M A z, z) (cosine), ||M A z - z||^2 (sai), z of unit norm, or the
+    log residual of `cg_steps` PCG iterations on A x = z (pcg)."""
+    if kind == "pcg":
+        return pcg_residual(hm, system, z, cg_steps)
     dtype = hm.leaf.dtype
     maz = hm.apply(system.matvec(z).to(dtype))
     maz = project_rows(system, maz)
@@ -70,4 +96,4 @@ def probe_loss(hm: HMatrix, system: PoissonSystem, z: torch.Tensor, kind: str = 
         return (1.0 - F.cosine_similarity(maz, z, dim=1)).mean()
     if kind == "sai":
         return ((maz - z) ** 2).sum(1).mean()
-    raise ValueError(f"unknown loss {kind!r}; expected 'cosine' or 'sai'")
+    raise ValueError(f"unknown loss {kind!r}; expected 'cosine', 'sai' or 'pcg'")

@@ -62,12 +62,12 @@ class TrainConfig:
 class Objective(nn.Module):
     """The probe loss of one system as a module, so DDP sees one forward per backward."""
 
-    def __init__(self, model: HTPModel, kind: str) -> None:
+    def __init__(self, model: HTPModel, loss: LossConfig) -> None:
         super().__init__()
-        self.model, self.kind = model, kind
+        self.model, self.loss = model, loss
 
     def forward(self, system: PoissonSystem, z: torch.Tensor) -> torch.Tensor:
-        return probe_loss(self.model(system), system, z, self.kind)
+        return probe_loss(self.model(system), system, z, self.loss.kind, self.loss.cg_steps)
 
 
 class NetworkPreconditioner:
@@ -137,7 +137,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, init: str | Path | No
     model = load_checkpoint(init)[0] if init else HTPModel(cfg.model)
     cfg.model = model.cfg
     model.to(device)
-    objective = Objective(model, cfg.loss.kind)
+    objective = Objective(model, cfg.loss)
     wrapped = nn.parallel.DistributedDataParallel(objective) if distributed else objective
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="validate every k steps (0: never)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--data", help="folder of .npz systems from `python -m precond.dataset` (default: synthetic on the fly)")
-    p.add_argument("--loss", choices=("cosine", "sai"), default=lo.kind)
+    p.add_argument("--loss", choices=("cosine", "sai", "pcg"), default=lo.kind)
+    p.add_argument("--cg-steps", type=int, default=lo.cg_steps, help="pcg loss: PCG iterations unrolled per probe")
     p.add_argument("--probes", type=int, default=lo.probes)
     p.add_argument("--smoothing", type=int, nargs="+", default=list(lo.smoothing), help="Jacobi sweeps per probe group")
     p.add_argument("--no-highways", action="store_true", help="ablation: window attention only")
@@ -219,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, eval_every=args.eval_every, seed=args.seed,
                       data=args.data,
-                      loss=LossConfig(kind=args.loss, probes=args.probes, smoothing=tuple(args.smoothing)),
+                      loss=LossConfig(kind=args.loss, probes=args.probes, smoothing=tuple(args.smoothing),
+                                      cg_steps=args.cg_steps),
                       model=HTPConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, rank=args.rank,
                                       highways=not args.no_highways))
     model, record = train(cfg, out=args.out, init=args.init)

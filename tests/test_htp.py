@@ -185,6 +185,17 @@ def test_a_few_training_steps_lower_the_loss(tmp_path):
     assert loss(model) < 0.97 * before
 
 
+def test_pcg_loss_is_the_solver_residual():
+    """The unrolled PCG loss is log(||r_k|| / ||b||) of precond.pcg with the same M."""
+    s = _system(24, 16, ratio=100.0, seed=6)
+    model = _random_model()
+    b = torch.randn(1, s.n, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        loss = float(probe_loss(model(s), s, b, "pcg", cg_steps=5))
+        res = pcg(s, b[0], NetworkPreconditioner(model, s), tol=1e-14, maxiter=5)
+    assert abs(loss - np.log(res.history[5])) < 1e-8
+
+
 def test_ddp_two_processes(tmp_path):
     data = tmp_path / "data"
     dataset_main(["--out", str(data), "--count", "2", "--grids", "32x32"])
