@@ -1,10 +1,10 @@
-"""Incomplete Cholesky IC(0) on the 5-point stencil, applied by anti-diagonal wavefronts.
+"""Incomplete Cholesky IC(0) on the 5-point stencil, factored by anti-diagonal wavefronts.
 
 In natural order (k = i*ny + j) write A = D - W - W^T with W the west/south couplings.
 IC(0) keeps the stencil's pattern: M = (E - W) E^-1 (E - W)^T, with the pivots
 e_k = d_k - cw_k^2 / e_west - cs_k^2 / e_south. Cells on one anti-diagonal i + j = s depend
-only on the previous one, so each triangular solve is nx + ny - 1 vectorised steps (the
-same code on CPU and CUDA), not n scalar ones. The factor is exact natural-order IC(0);
+only on the previous one, so the pivots (and each triangular solve) take nx + ny - 1
+vectorised steps on any device, not n scalar ones. The factor is exact natural-order IC(0);
 a pivot that falls below `pivot_floor` times its diagonal is reset to the diagonal, which
 keeps M SPD.
 
