@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         _check_writable(path, what)
     if not args.headless:
         from app.viewer import missing_display
-        if missing_display():  # say so before minutes of set-up, not after
-            print(missing_display(), file=sys.stderr)
+        if no_display := missing_display():  # say so before the set-up, not after
+            print(no_display, file=sys.stderr)
             return 2
     if args.device == "cuda":
         import torch

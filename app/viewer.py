@@ -356,8 +356,8 @@ def run_window(sim: Simulation, record: Optional[str] = None, screenshot: Option
     With `frames`, the window closes after that many frames (saving `screenshot` first); without,
     it runs until closed and saves `screenshot`, if any, on close. SIGINT closes the window cleanly.
     """
-    if missing_display():
-        print(missing_display(), file=sys.stderr)
+    if no_display := missing_display():
+        print(no_display, file=sys.stderr)
         return 2
     viewer = Viewer(sim, ViewerState.from_simulation(sim, render_mode), record, screenshot, frames)
     params = hello_imgui.RunnerParams()

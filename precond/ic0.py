@@ -56,6 +56,9 @@ class IC0:
     def setup(self, system: PoissonSystem) -> None:
         nx, ny = system.shape
         dev, dt = system.device, system.dtype
+        mode = self.triangular or ("superlu" if dev.type == "cpu" else "wavefront")
+        if mode == "superlu" and dev.type != "cpu":
+            raise ValueError(f"ic0: SuperLU triangular solves run on the CPU, the system is on {dev}")
         self.stride = ny + 2
         self.idx, self.waves = _wave_order(nx, ny, dev)
         pad = lambda: torch.zeros((nx + 2) * (ny + 2), dtype=dt, device=dev)
@@ -64,23 +67,21 @@ class IC0:
         cs.view(nx + 2, ny + 2)[1:nx + 1, 2:ny + 1] = system.cy[:, :-1]
         d.view(nx + 2, ny + 2)[1:nx + 1, 1:ny + 1] = system.diag
         self.cw, self.cs = cw[self.idx], cs[self.idx]             # in wave order
-        self.ce = cw[self.idx + self.stride]                        # coupling to the east, wave order
-        self.cn = cs[self.idx + 1]                                  # coupling to the north, wave order
         inv_e = pad()
         for lo, hi in self.waves:
             k = self.idx[lo:hi]
             piv = d[k] - self.cw[lo:hi] ** 2 * inv_e[k - self.stride] - self.cs[lo:hi] ** 2 * inv_e[k - 1]
             inv_e[k] = 1.0 / torch.where(piv > self.pivot_floor * d[k], piv, d[k])
-        self.inv_e = inv_e[self.idx]
-        self.cells = (torch.div(self.idx, self.stride, rounding_mode="floor") - 1) * ny + self.idx % self.stride - 1
-        self._buf = pad()
-        mode = self.triangular or ("superlu" if dev.type == "cpu" else "wavefront")
-        if mode == "superlu" and dev.type != "cpu":
-            raise ValueError(f"ic0: SuperLU triangular solves run on the CPU, the system is on {dev}")
         self._lu = None
         if mode == "superlu":
             self._pivots = 1.0 / inv_e.view(nx + 2, ny + 2)[1:nx + 1, 1:ny + 1].numpy().ravel()
             self._lu = self._factor(system, self._pivots)
+            return
+        self.ce = cw[self.idx + self.stride]                        # coupling to the east, wave order
+        self.cn = cs[self.idx + 1]                                  # coupling to the north, wave order
+        self.inv_e = inv_e[self.idx]
+        self.cells = (torch.div(self.idx, self.stride, rounding_mode="floor") - 1) * ny + self.idx % self.stride - 1
+        self._buf = pad()
 
     @staticmethod
     def _factor(system: PoissonSystem, pivots: np.ndarray) -> spla.SuperLU:

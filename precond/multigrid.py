@@ -85,9 +85,9 @@ def _galerkin_map(a: sp.csr_matrix, p: sp.csr_matrix, coarse_ny: int) -> tuple[s
     coarse = (p.T @ ones @ p).tocsr()
     coarse.sort_indices()
     coarse.data[:] = 1.0
-    cx, cy = np.divmod(np.arange(nc), coarse_ny)   # coarse cell -> grid coordinates
+    gx, gy = np.divmod(np.arange(nc), coarse_ny)   # coarse cell -> grid coordinates
     crow = np.repeat(np.arange(nc), np.diff(coarse.indptr))
-    dx, dy = cx[coarse.indices] - cx[crow], cy[coarse.indices] - cy[crow]
+    dx, dy = gx[coarse.indices] - gx[crow], gy[coarse.indices] - gy[crow]
     reach = int(max(np.abs(dx).max(), np.abs(dy).max()))
     span = 2 * reach + 1
     table = np.full((nc, span * span), -1, dtype=np.int64)
@@ -98,7 +98,7 @@ def _galerkin_map(a: sp.csr_matrix, p: sp.csr_matrix, coarse_ny: int) -> tuple[s
     keep = w != 0
     ci = np.broadcast_to(pidx[rows][:, :, None], w.shape)[keep]
     cj = np.broadcast_to(pidx[a.indices][:, None, :], w.shape)[keep]
-    slot = table[ci, (cx[cj] - cx[ci] + reach) * span + cy[cj] - cy[ci] + reach]
+    slot = table[ci, (gx[cj] - gx[ci] + reach) * span + gy[cj] - gy[ci] + reach]
     # kept products come grouped by fine entry: G's columns in CSC order
     indptr = np.concatenate([[0], np.cumsum(keep.reshape(len(rows), -1).sum(1))])
     g = sp.csc_matrix((w[keep], slot, indptr), shape=(coarse.nnz, len(rows))).tocsr()
