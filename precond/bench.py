@@ -12,6 +12,13 @@ solves measured side by side (setup, i.e. factorisation or network inference, in
 `/jacobi` and `/mgpcg` give each solve time as a fraction of those solvers' on the same system.
 pyamg's smoothed-aggregation AMG is a CPU reference row. Writes `bench.csv` and
 `convergence.png` (residual against iteration at one N and ratio) to `--out`.
+
+HTP ablations: when htp is among the methods and `--ablations DIR` (default assets/ablations;
+`--no-ablations` skips it) holds *.pt checkpoints, every system is also solved with each of
+them, with the shipped checkpoint and with the shipped network untrained (torch seed 0; its
+last layers start at zero, so it is the analytic preconditioner). A table of PCG iterations
+(rows: variant, its training loss and highways on/off; columns: N/ratio, plus the mean) is
+printed at the end and written to `ablations.csv`.
 """
 from __future__ import annotations
 
@@ -75,6 +82,46 @@ def run_pyamg(system: PoissonSystem, b: torch.Tensor, tol: float, repeats: int) 
                 history=[h / hist[0] for h in hist])
 
 
+def ablation_preconditioners(folder: Path, tmp: Path) -> dict:
+    """name -> HTP preconditioner: the shipped checkpoint, the same network untrained (the analytic
+    preconditioner) and every checkpoint in `folder`; one that cannot be used is said and skipped."""
+    from .htp import DEFAULT_CHECKPOINT, HTP
+    from .model import HTPConfig, HTPModel, save_checkpoint
+
+    out = {}
+    for name, path in {"shipped": DEFAULT_CHECKPOINT, **{p.stem: p for p in sorted(folder.glob("*.pt"))}}.items():
+        try:
+            out[name] = HTP(path)
+        except PreconditionerUnavailable as err:
+            print(f"ablation {name}: unavailable: {err}")
+    torch.manual_seed(0)
+    untrained = HTPModel(out["shipped"].model.cfg if "shipped" in out else HTPConfig())
+    save_checkpoint(tmp / "analytic.pt", untrained, {"config": {"loss": {"kind": "none"}}})
+    return {"analytic (untrained)": HTP(tmp / "analytic.pt"), **out}
+
+
+def ablation_table(precs: dict, its: dict[str, dict[str, tuple[int, bool]]], tol: float, path: Path) -> None:
+    """Print the iterations of every variant (rows) on every system (columns, "N/ratio") and write them as csv."""
+    cols = list(next(iter(its.values())))
+    width = max(map(len, precs))
+    print(f"\nHTP ablations: PCG iterations to {tol:g} (* = not converged)")
+    print(f"{'variant':<{width}} {'loss':>7} {'highways':>8} " + " ".join(f"{c:>10}" for c in cols) + f" {'mean':>7}")
+    rows = []
+    for name, prec in precs.items():
+        cells = its[name]
+        row = {"variant": name, "loss": prec.record.get("config", {}).get("loss", {}).get("kind", "?"),
+               "highways": "on" if prec.model.cfg.highways else "off", **{c: cells[c][0] for c in cols},
+               "mean": round(statistics.mean(i for i, _ in cells.values()), 2),
+               "converged": all(ok for _, ok in cells.values())}
+        marked = " ".join(f"{str(i) + ('' if ok else '*'):>10}" for i, ok in cells.values())
+        print(f"{name:<{width}} {row['loss']:>7} {row['highways']:>8} {marked} {row['mean']:>7.1f}")
+        rows.append(row)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
 def plot(histories: dict[str, list[float]], title: str, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -106,6 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("bench_out"))
     p.add_argument("--cache", type=Path, help="keep the simulator's dumps here (default: a temporary folder)")
     p.add_argument("--plot-at", type=float, nargs=2, default=(8192, 100), metavar=("N", "RATIO"))
+    p.add_argument("--ablations", type=Path, default=REPO / "assets" / "ablations",
+                   help="folder of HTP ablation checkpoints (*.pt) compared when htp is among the methods")
+    p.add_argument("--no-ablations", action="store_true", help="skip the HTP ablation table")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -116,6 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     print("-" * len(header))
     with tempfile.TemporaryDirectory() as tmp:
         cache = args.cache or Path(tmp)
+        ablations = (ablation_preconditioners(args.ablations, Path(tmp)) if not args.no_ablations
+                     and "htp" in args.methods and any(args.ablations.glob("*.pt")) else {})
+        ablation_its: dict[str, dict[str, tuple[int, bool]]] = {name: {} for name in ablations}
         for n in args.sizes:
             grid = GRIDS[n]
             for ratio in args.ratios:
@@ -138,6 +191,9 @@ def main(argv: list[str] | None = None) -> None:
                           f"{frac[0]:>8.2f} {frac[1]:>8.2f}", flush=True)
                     rows.append(dict(scene=args.scene.stem, n=n, nx=grid[0], ny=grid[1], ratio=ratio, method=method,
                                      **{k: v for k, v in r.items() if k != "history"}))
+                for name, prec in ablations.items():
+                    res = Solver("htp", tol=args.tol, fallback=None, precond=prec).solve(system, b)
+                    ablation_its[name][f"{n}/{ratio:g}"] = (res.iterations, res.converged)
                 if (n, ratio) == tuple(args.plot_at):
                     histories = {m: r["history"] for m, r in results.items()}
     with open(args.out / "bench.csv", "w", newline="") as f:
@@ -147,7 +203,10 @@ def main(argv: list[str] | None = None) -> None:
     if histories:
         n, ratio = args.plot_at
         plot(histories, f"{args.scene.stem}, N={int(n)}, ratio {ratio:g}", args.out / "convergence.png")
-    print(f"wrote {args.out / 'bench.csv'}" + (f" and {args.out / 'convergence.png'}" if histories else ""))
+    if ablations:
+        ablation_table(ablations, ablation_its, args.tol, args.out / "ablations.csv")
+    print(f"wrote {args.out / 'bench.csv'}" + (f" and {args.out / 'convergence.png'}" if histories else "")
+          + (f" and {args.out / 'ablations.csv'}" if ablations else ""))
 
 
 if __name__ == "__main__":

@@ -236,10 +236,13 @@ class HTPModel(nn.Module):
         return assemble(system, part, an, leaf_corr, fu, fv, cfg.level_weight, cfg.eps)
 
 
-def save_checkpoint(path: str | Path, model: HTPModel, record: dict) -> None:
+def save_checkpoint(path: str | Path, model: HTPModel, record: dict, half: bool = False) -> None:
+    """half: store floating tensors as float16 (half the file); load_checkpoint still gives a float32 model."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save({"layout": LAYOUT, "config": asdict(model.cfg), "model": state, "record": record}, tmp)
     os.replace(tmp, path)

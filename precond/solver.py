@@ -45,17 +45,21 @@ def make_preconditioner(name: str) -> Preconditioner:
 
 
 class Solver:
-    """Build once, solve many: `Solver("mgpcg").solve(system, b)` per frame."""
+    """Build once, solve many: `Solver("mgpcg").solve(system, b)` per frame.
+
+    `precond`: a ready preconditioner to use instead of building `method`'s default one
+    (e.g. `Solver("htp", precond=HTP(checkpoint))`).
+    """
 
     def __init__(self, method: str = "mgpcg", tol: float = 1e-6, maxiter: int | None = None,
-                 fallback: str | None = "mgpcg", check_every: int = 1) -> None:
+                 fallback: str | None = "mgpcg", check_every: int = 1, precond: Preconditioner | None = None) -> None:
         if method not in _REGISTRY:
             raise ValueError(f"unknown solver {method!r}; expected one of: {', '.join(_REGISTRY)}")
         if not tol > 0:
             raise ValueError(f"tolerance must be > 0, got {tol}")
         self.method, self.tol, self.maxiter, self.check_every = method, float(tol), maxiter, check_every
         self.fallback = fallback if fallback != method else None
-        self._precond: Preconditioner | None = None
+        self._precond: Preconditioner | None = precond
         self._unavailable: str = ""
         self._fallback_precond: Preconditioner | None = None
 

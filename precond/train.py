@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="assets/htp.pt")
     p.add_argument("--record", default="assets/htp.json", help="JSON record of the run (rank 0)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0: torch's default)")
+    p.add_argument("--half", action="store_true", help="store weights as float16 (ablation checkpoints)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         base = validation_set()
         record.update(final_val_iterations=pcg_iterations(model, base),
                       val_jacobi=[pcg(s.system, s.b, _ready(Jacobi(), s.system), maxiter=5000).iterations for s in base])
-    save_checkpoint(args.out, model, record)
+    save_checkpoint(args.out, model, record, half=args.half)
     if args.record:
         Path(args.record).write_text(json.dumps(record, indent=1, default=str) + "\n")
     print(f"saved {args.out}" + (f" (val PCG iterations {record['final_val_iterations']}, Jacobi {record['val_jacobi']})"

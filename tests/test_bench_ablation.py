@@ -1,0 +1,71 @@
+"""HTP ablations: float16 checkpoints load as float32 models; the benchmark's ablation table."""
+import csv
+import math
+
+import torch
+
+from precond import bench
+from precond.dumps import save_system
+from precond.model import HTPConfig, HTPModel, load_checkpoint, save_checkpoint
+from precond.synthetic import dambreak_phi, two_phase_system
+
+TINY = HTPConfig(d_model=32, n_layers=1, n_heads=2, head_hidden=32)
+
+
+def _model(cfg=TINY, seed=0):
+    """Float32 weights with every head switched on (random, not zero, last layers)."""
+    torch.manual_seed(seed)
+    model = HTPModel(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def test_half_checkpoint_loads_as_float32_with_the_same_outputs(tmp_path):
+    model = _model()
+    save_checkpoint(tmp_path / "full.pt", model, {})
+    save_checkpoint(tmp_path / "half.pt", model, {"note": "kept"}, half=True)
+    stored = torch.load(tmp_path / "half.pt", weights_only=True)["model"]
+    assert all(v.dtype == torch.float16 for v in stored.values())
+    assert (tmp_path / "half.pt").stat().st_size < 0.6 * (tmp_path / "full.pt").stat().st_size
+    loaded, record = load_checkpoint(tmp_path / "half.pt")
+    assert record == {"note": "kept"}
+    for name, p in loaded.state_dict().items():   # float32 params holding exactly the float16-rounded weights
+        assert p.dtype == torch.float32 and torch.equal(p, model.state_dict()[name].half().float()), name
+    s = two_phase_system(dambreak_phi(32, 32), 100.0, True)
+    r = torch.randn(s.n, dtype=torch.float64)
+    with torch.no_grad():
+        want, got = model(s).apply(r), loaded(s).apply(r)
+    assert got.dtype == want.dtype and torch.linalg.norm(got - want) < 1e-2 * torch.linalg.norm(want)
+
+
+def test_bench_writes_the_ablation_table(tmp_path, capsys):
+    # the cached dump bench would otherwise ask the simulator for (a synthetic dam break, same format)
+    cache = tmp_path / "cache" / "dambreak_32x32_r100"
+    cache.mkdir(parents=True)
+    s = two_phase_system(dambreak_phi(32, 32), 100.0, True)
+    save_system(cache / "frame_0040.npz", s, torch.zeros(s.n, dtype=torch.float64))
+    ablations = tmp_path / "ablations"
+    save_checkpoint(ablations / "cosine.pt", _model(), {"config": {"loss": {"kind": "cosine"}}}, half=True)
+    save_checkpoint(ablations / "sai-no-highways.pt", _model(HTPConfig(**{**vars(TINY), "highways": False}), seed=1),
+                    {"config": {"loss": {"kind": "sai"}}})
+    out = tmp_path / "out"
+    bench.main(["--sizes", "1024", "--ratios", "100", "--methods", "jacobi", "htp", "--ablations", str(ablations),
+                "--no-pyamg", "--repeats", "1", "--cache", str(tmp_path / "cache"), "--out", str(out)])
+    rows = {r["variant"]: r for r in csv.DictReader(open(out / "ablations.csv"))}
+    assert set(rows) == {"analytic (untrained)", "shipped", "cosine", "sai-no-highways"}
+    assert [(rows[v]["loss"], rows[v]["highways"]) for v in ("analytic (untrained)", "cosine", "sai-no-highways")] \
+        == [("none", "on"), ("cosine", "on"), ("sai", "off")]
+    for r in rows.values():
+        assert int(r["1024/100"]) > 0 and math.isfinite(float(r["mean"])) and r["converged"] == "True"
+    printed = capsys.readouterr().out
+    assert "HTP ablations" in printed and "sai-no-highways" in printed and "ablations.csv" in printed
+    # the shipped row is the same solve as the main table's htp row
+    htp = next(r for r in csv.DictReader(open(out / "bench.csv")) if r["method"] == "htp")
+    assert rows["shipped"]["1024/100"] == htp["iterations"]
+    # --no-ablations: no table
+    bench.main(["--sizes", "1024", "--ratios", "100", "--methods", "htp", "--ablations", str(ablations),
+                "--no-ablations", "--no-pyamg", "--repeats", "1", "--cache", str(tmp_path / "cache"),
+                "--out", str(tmp_path / "out2")])
+    assert not (tmp_path / "out2" / "ablations.csv").exists()
