@@ -170,11 +170,13 @@ def coarse_selection(part: Partition, k: int, rank: int) -> torch.Tensor:
 
 @dataclass
 class Analytic:
-    """Per-system quantities computed without the network (float64 factorisations, once per distinct
-    leaf, cast to `dtype`)."""
+    """Per-system quantities computed without the network: float64 factorisations, once per distinct
+    leaf (pure-phase interiors repeat), cast to `dtype`."""
 
     arrays: torch.Tensor     # (6, nl, L) leaf-order stencil data, FIELDS
-    leaf: torch.Tensor       # (nl, L, L) L_i^-T: block-Jacobi factor
+    factor: torch.Tensor     # (u, L, L) L^-T per distinct leaf (A_ii = L L^T): the block-Jacobi factor
+    blocks: torch.Tensor     # (u, L, L + 2k) [A_ii^-1 | Q | L^-T Q] per distinct leaf
+    index: torch.Tensor      # (nl,) distinct-leaf index of every leaf
     basis: torch.Tensor      # (nl, L, k) harmonic basis Q_i
     coupling: torch.Tensor   # (nl, 5, k, k) Q^T A Q blocks, see basis_coupling
     scale: torch.Tensor      # (nl,) mean(diag)^-1/2 over the leaf's real cells
@@ -184,20 +186,21 @@ class Analytic:
     def build(cls, system: PoissonSystem, part: Partition, segments: int, rank: int,
               dtype: torch.dtype = torch.float32, jitter: float = 1e-6) -> "Analytic":
         arrays = leaf_arrays(system.to(dtype=torch.float64), part)
-        # leaves with identical stencil data (pure-phase interiors) share one factorisation
         unique, index = torch.unique(arrays.transpose(0, 1).reshape(part.n_leaves, -1), dim=0, return_inverse=True)
         unique = unique.view(-1, len(FIELDS), part.leaf_size).transpose(0, 1)
         chol = torch.linalg.cholesky(leaf_matrices(unique, part, jitter))
         eye = torch.eye(part.leaf_size, dtype=torch.float64, device=chol.device).expand_as(chol)
-        leaf = torch.linalg.solve_triangular(chol, eye, upper=False).transpose(1, 2)
+        factor = torch.linalg.solve_triangular(chol, eye, upper=False).transpose(1, 2)
         sources = harmonic_sources(unique, part, segments)
-        basis = (leaf @ (leaf.transpose(1, 2) @ sources))[index]
-        coupling = basis_coupling(arrays, part, basis, sources[index], jitter)
+        half = factor.transpose(1, 2) @ sources                                    # L^-1 E
+        basis = factor @ half                                                      # Q = A_ii^-1 E
+        blocks = torch.cat([factor @ factor.transpose(1, 2), basis, factor @ basis], -1)
+        coupling = basis_coupling(arrays, part, basis[index], sources[index], jitter)
         real = arrays[5]
         mean_d = (arrays[0] * real).sum(1) / real.sum(1).clamp_min(1)
         scale = torch.where(mean_d > 0, mean_d, torch.ones_like(mean_d)).rsqrt()
         sel = coarse_selection(part, basis.shape[-1], rank).to(chol.device)
-        return cls(arrays.to(dtype), leaf.to(dtype)[index], basis.to(dtype),
+        return cls(arrays.to(dtype), factor.to(dtype), blocks.to(dtype), index, basis.to(dtype)[index],
                    coupling.to(dtype), scale.to(dtype), sel.to(dtype))
 
 
@@ -242,14 +245,18 @@ def galerkin_factors(part: Partition, coupling: torch.Tensor, coarse: torch.Tens
 class HMatrix:
     """M = G G^T + eps I with G = [B + F | W], see the module docstring. Vectors in cell order.
 
-    The fields are G's factors; `__post_init__` multiplies out, once per system, the per-leaf
+    B's leaf blocks are L_i^-T + Q_i K_i Q_i^T: the analytic factor of the leaf's distinct stencil
+    plus the network's correction. `__post_init__` multiplies out, once per system, the per-leaf
     products that the apply needs (see `apply_leaf`), so an apply is eight batched GEMMs and two
     prefix-sum segment sums, whatever the network predicted.
     """
 
     part: Partition
-    leaf: torch.Tensor          # (nl, L, L)   B's leaf blocks
+    factor: torch.Tensor        # (u, L, L)    L^-T per distinct leaf
+    blocks: torch.Tensor        # (u, L, L+2k) [A_ii^-1 | Q | L^-T Q] per distinct leaf
+    index: torch.Tensor         # (nl,)        distinct-leaf index of every leaf
     basis: torch.Tensor         # (nl, L, k)   Q
+    corr: torch.Tensor          # (nl, k, k)   K: B's leaf blocks are L^-T + Q K Q^T
     fu: torch.Tensor            # (depth, nl, k, r) F's row factors (leaf i's slice of U_c)
     fv: torch.Tensor            # (depth, nl, k, r) F's column factors (leaf j's slice of V_c')
     coarse: torch.Tensor        # (depth, nl, k, r) coarse functions V_c
@@ -257,16 +264,26 @@ class HMatrix:
     eps: float
 
     def __post_init__(self) -> None:
-        """Fused per-leaf operators, all acting on row vectors (x_i^T @ op)."""
-        b, q = self.leaf, self.basis
+        """Fused per-leaf operators, all acting on row vectors (x_i^T @ op).
+
+        With P = L^-T Q and Q^T Q = S: B Q = P + Q K S and
+        B B^T = A_ii^-1 + [P Q] [[0, K^T], [K, K S K^T]] [P Q]^T, a rank-2k update of the
+        distinct leaf's inverse, so no L x L x L product is formed per leaf.
+        """
+        q, kk = self.basis, self.corr
         nl, size, k = q.shape
         depth, r = self.fu.shape[0], self.fu.shape[-1]
-        bq = b @ q
-        bbt = b @ b.transpose(1, 2)
-        bbt.diagonal(dim1=1, dim2=2).add_(self.eps)
-        self.head = torch.cat([bbt, q, bq], -1)                                        # (nl, L, L+2k)
-        self.tail = torch.cat([bq, q], -1).transpose(1, 2).contiguous()                 # (nl, 2k, L)
         self.gtg = q.transpose(1, 2) @ q                                                 # (nl, k, k)
+        head = self.blocks[self.index]                                                   # (nl, L, L+2k)
+        ks = kk @ self.gtg
+        pq = torch.cat([head[..., size + k:], q], -1)
+        core = torch.cat([torch.cat([torch.zeros_like(kk), kk.transpose(1, 2)], -1),
+                          torch.cat([kk, ks @ kk.transpose(1, 2)], -1)], 1)                # (nl, 2k, 2k)
+        head[..., :size].baddbmm_(pq @ core, pq.transpose(1, 2))
+        head[..., :size].diagonal(dim1=1, dim2=2).add_(self.eps)
+        head[..., size + k:].baddbmm_(q, ks)                                             # P -> B Q
+        self.head = head                                                                 # [B B^T | Q | B Q]
+        self.tail = torch.cat([head[..., size + k:], q], -1).transpose(1, 2).contiguous()  # (nl, 2k, L)
         fu, fv, co = (t.permute(1, 2, 0, 3).reshape(nl, k, depth * r) for t in (self.fu, self.fv, self.coarse))
         self.gather_y = torch.cat([fu, co], -1)                                          # (nl, k, 2 depth r)
         self.gather_s = fv
@@ -276,6 +293,15 @@ class HMatrix:
         ck = [(self.coarse[d].reshape(1 << d, -1, r) @ (g @ g.transpose(1, 2))).view(nl, k, r)
               for d, g in enumerate(self.gram)]
         self.spread_c = torch.stack(ck, 2).view(nl, k, -1).transpose(1, 2).contiguous() if depth else q.new_zeros(nl, 0, k)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.basis.dtype
+
+    def leaf(self) -> torch.Tensor:
+        """B's dense leaf blocks (nl, L, L) (tests only)."""
+        q = self.basis
+        return self.factor[self.index] + q @ self.corr @ q.transpose(1, 2)
 
     def _level_sums(self, t: torch.Tensor, parts: int) -> torch.Tensor:
         """t (nl, m, parts * depth * r) per-leaf coefficients -> for every leaf and depth, their sum over
@@ -307,7 +333,7 @@ class HMatrix:
     def apply(self, v: torch.Tensor) -> torch.Tensor:
         """M v for v shaped (n,) or (m, n) in cell order, in the operator's dtype."""
         p = self.part
-        flat = v.reshape(-1, p.n).to(self.leaf.dtype)
+        flat = v.reshape(-1, p.n).to(self.dtype)
         x = p.to_leaf(flat).view(flat.shape[0], p.n_leaves, p.leaf_size).transpose(0, 1)
         out = self.apply_leaf(x)
         return p.from_leaf(out.transpose(0, 1).reshape(flat.shape[0], -1)).reshape(v.shape)
@@ -315,7 +341,7 @@ class HMatrix:
     def to_dense(self) -> torch.Tensor:
         """M as a dense (n, n) matrix (tests only)."""
         n = self.part.n
-        return self.apply(torch.eye(n, dtype=self.leaf.dtype, device=self.leaf.device)).T
+        return self.apply(torch.eye(n, dtype=self.dtype, device=self.basis.device)).T
 
 
 def assemble(system: PoissonSystem, part: Partition, an: Analytic, leaf_corr: torch.Tensor, fu: torch.Tensor,
@@ -327,9 +353,7 @@ def assemble(system: PoissonSystem, part: Partition, an: Analytic, leaf_corr: to
     every coarse level; eps: relative to max(diag).
     """
     g = an.scale
-    q = an.basis
-    leaf = an.leaf + g[:, None, None] * (q @ leaf_corr @ q.transpose(1, 2))
     root = g.sqrt()[None, :, None, None]
     gram = galerkin_factors(part, an.coupling, an.selection, level_weight)
-    return HMatrix(part, leaf.contiguous(), q, (fu * root).contiguous(), (fv * root).contiguous(), an.selection, gram,
-                   eps / float(system.diag.max()))
+    return HMatrix(part, an.factor, an.blocks, an.index, an.basis, g[:, None, None] * leaf_corr,
+                   (fu * root).contiguous(), (fv * root).contiguous(), an.selection, gram, eps / float(system.diag.max()))

@@ -68,8 +68,8 @@ def make_probes(system: PoissonSystem, cfg: LossConfig, generator: torch.Generat
 def pcg_residual(hm: HMatrix, system: PoissonSystem, z: torch.Tensor, steps: int) -> torch.Tensor:
     """Mean log of the relative residual after `steps` PCG iterations with M on A x = z, one solve per
     probe (batched, differentiable): what the solver's iteration count follows."""
-    system = system.to(dtype=hm.leaf.dtype)
-    z = z.to(hm.leaf.dtype)
+    system = system.to(dtype=hm.dtype)
+    z = z.to(hm.dtype)
     dot = lambda a, b: (a * b).sum(1, keepdim=True)
     r = z
     u = project_rows(system, hm.apply(r))
@@ -88,7 +88,7 @@ def probe_loss(hm: HMatrix, system: PoissonSystem, z: torch.Tensor, kind: str = 
     log residual of `cg_steps` PCG iterations on A x = z (pcg)."""
     if kind == "pcg":
         return pcg_residual(hm, system, z, cg_steps)
-    dtype = hm.leaf.dtype
+    dtype = hm.dtype
     maz = hm.apply(system.matvec(z).to(dtype))
     maz = project_rows(system, maz)
     z = z.to(dtype)

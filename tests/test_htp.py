@@ -74,8 +74,9 @@ def _dense_reference(hm: HMatrix) -> torch.Tensor:
     q = hm.basis
     g = torch.zeros(p.n_padded, p.n_padded, dtype=q.dtype)
     cols = []
+    leaf = hm.leaf()
     for i in range(nl):
-        g[i * size:(i + 1) * size, i * size:(i + 1) * size] = hm.leaf[i]
+        g[i * size:(i + 1) * size, i * size:(i + 1) * size] = leaf[i]
     for d in range(depth):
         half = nl >> (d + 1)
         for pair in range(1 << d):
