@@ -26,7 +26,7 @@ from .dumps import REPO, dump_scene, load_system, save_system
 from .synthetic import dambreak_phi, random_phi, two_phase_system
 from .system import PoissonSystem
 
-GRIDS = ((32, 32), (64, 32), (32, 64), (64, 64), (96, 64), (128, 64), (64, 128), (96, 96), (128, 128))
+GRIDS = ((32, 32), (64, 32), (32, 64), (64, 64), (96, 64), (128, 64), (64, 128), (96, 96), (128, 128), (256, 256))
 
 
 def parse_grid(text: str) -> tuple[int, int]:

@@ -40,7 +40,7 @@ from .system import PoissonSystem
 
 VAL_CASES = ((32, 32, 1000.0, "dambreak"), (64, 64, 1.0, "random"), (64, 64, 1000.0, "random"),
              (128, 64, 100.0, "dambreak"), (128, 64, 1000.0, "random-closed"), (96, 96, 10.0, "random"),
-             (128, 128, 1000.0, "random"), (48, 80, 300.0, "random"))
+             (128, 128, 1000.0, "random"), (48, 80, 300.0, "random"), (256, 256, 100.0, "dambreak"))
 
 
 @dataclass
@@ -54,6 +54,7 @@ class TrainConfig:
     clip: float = 1.0
     eval_every: int = 100
     seed: int = 0
+    keep: str = "best"             # "best": the weights with the fewest validation iterations; "last": the final ones
     data: str | None = None        # folder of .npz dumps; None: synthetic systems drawn on the fly
     loss: LossConfig = field(default_factory=LossConfig)
     model: HTPConfig = field(default_factory=HTPConfig)
@@ -123,10 +124,13 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 def train(cfg: TrainConfig, out: str | Path | None = None, init: str | Path | None = None, quiet: bool = False,
           val: list[Sample] | None = None) -> tuple[HTPModel, dict]:
-    """Train (DDP when launched by torchrun); returns the best model by validation iterations and a record.
+    """Train (DDP when launched by torchrun); returns the model (best by validation iterations, or the
+    last weights with cfg.keep == "last", as ablations compare) and a record.
 
     `val` replaces the held-out set (an empty list skips validation: the last weights are kept).
     """
+    if cfg.keep not in ("best", "last"):
+        raise ValueError(f"keep must be 'best' or 'last', got {cfg.keep!r}")
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -164,7 +168,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, init: str | Path | No
             bar.write(f"step {step:5d}  loss {loss_avg:.4f}  val PCG iterations {its} mean {mean_its:.1f}")
             if mean_its < best[0]:
                 best = (mean_its, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, step)
-                if out:
+                if out and cfg.keep == "best":
                     save_checkpoint(out, model, {**record, "best_step": step, "val_mean": mean_its})
         if step == cfg.steps:
             break
@@ -186,7 +190,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, init: str | Path | No
         loss_avg = total if math.isnan(loss_avg) else 0.9 * loss_avg + 0.1 * total
         bar.set_postfix(loss=f"{loss_avg:.4f}")
     record.update(steps=cfg.steps, world_size=world, seconds=time.time() - t0, best_val_mean=best[0], best_step=best[2])
-    if best[1] is not None:
+    if best[1] is not None and cfg.keep == "best":
         model.load_state_dict(best[1])
     if distributed:
         dist.destroy_process_group()
@@ -201,6 +205,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="validate every k steps (0: never)")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--keep", choices=("best", "last"), default=d.keep,
+                   help="save the weights with the fewest validation iterations, or the last ones (ablations)")
     p.add_argument("--data", help="folder of .npz systems from `python -m precond.dataset` (default: synthetic on the fly)")
     p.add_argument("--loss", choices=("cosine", "sai", "pcg"), default=lo.kind)
     p.add_argument("--cg-steps", type=int, default=lo.cg_steps, help="pcg loss: PCG iterations unrolled per probe")
@@ -220,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, eval_every=args.eval_every, seed=args.seed,
-                      data=args.data,
+                      keep=args.keep, data=args.data,
                       loss=LossConfig(kind=args.loss, probes=args.probes, smoothing=tuple(args.smoothing),
                                       cg_steps=args.cg_steps),
                       model=HTPConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, rank=args.rank,
