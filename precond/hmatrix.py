@@ -24,8 +24,10 @@ SPD for every network output: G G^T is positive semidefinite for any G, and eps 
 M positive definite. Padding cells (see partition.py) carry zeros in Q, so M on the real
 cells is a principal submatrix of an SPD matrix.
 
-Applying M: once per system the per-leaf products B B^T, B Q, Q^T Q and the far/coarse factors
-(with R_c R_c^T folded in) are multiplied out, so one apply is eight batched GEMMs over the leaves
+Applying M: the dense per-leaf operators [A_ii^-1 | Q | L^-T Q] depend only on the leaf's stencil,
+so they are built once per distinct leaf and gathered; the network's leaf correction K enters as a
+k x k mixing of the basis coordinates, and the far/coarse factors (with R_c R_c^T folded in) are
+multiplied out once per system, so one apply is eight batched GEMMs over the leaves
 (row vectors times per-leaf matrices) plus, per pass, one float64 prefix sum over the leaves whose
 differences give every depth's sibling-half and cluster sums at once (no loop over depths or
 clusters, no sparse indexing; the cell <-> leaf permutation is a transpose of the padded grid):
@@ -264,26 +266,27 @@ class HMatrix:
     eps: float
 
     def __post_init__(self) -> None:
-        """Fused per-leaf operators, all acting on row vectors (x_i^T @ op).
+        """Per-leaf operators, all acting on row vectors (x_i^T @ op).
 
-        With P = L^-T Q and Q^T Q = S: B Q = P + Q K S and
-        B B^T = A_ii^-1 + [P Q] [[0, K^T], [K, K S K^T]] [P Q]^T, a rank-2k update of the
-        distinct leaf's inverse, so no L x L x L product is formed per leaf.
+        With P = L^-T Q, S = Q^T Q and B = L^-T + Q K Q^T:
+        x^T B B^T = x^T A_ii^-1 + (x^T P K^T + x^T Q K S K^T) Q^T + x^T Q K P^T and x^T B Q =
+        x^T P + x^T Q K S, so no L x L product is formed per leaf: `head` gathers the distinct
+        leaves' [A_ii^-1 + eps I | Q | P], `tail` their [Q | P]^T, and `mix` (3k x 3k per leaf) maps
+        the row [x^T Q, x^T P, z] to the coefficients on Q^T and P^T and to s (see apply_leaf).
         """
         q, kk = self.basis, self.corr
         nl, size, k = q.shape
         depth, r = self.fu.shape[0], self.fu.shape[-1]
-        self.gtg = q.transpose(1, 2) @ q                                                 # (nl, k, k)
-        head = self.blocks[self.index]                                                   # (nl, L, L+2k)
-        ks = kk @ self.gtg
-        pq = torch.cat([head[..., size + k:], q], -1)
-        core = torch.cat([torch.cat([torch.zeros_like(kk), kk.transpose(1, 2)], -1),
-                          torch.cat([kk, ks @ kk.transpose(1, 2)], -1)], 1)                # (nl, 2k, 2k)
-        head[..., :size].baddbmm_(pq @ core, pq.transpose(1, 2))
-        head[..., :size].diagonal(dim1=1, dim2=2).add_(self.eps)
-        head[..., size + k:].baddbmm_(q, ks)                                             # P -> B Q
-        self.head = head                                                                 # [B B^T | Q | B Q]
-        self.tail = torch.cat([head[..., size + k:], q], -1).transpose(1, 2).contiguous()  # (nl, 2k, L)
+        blocks = self.blocks.clone()
+        blocks[..., :size].diagonal(dim1=1, dim2=2).add_(self.eps)
+        self.head = blocks.index_select(0, self.index)                                   # (nl, L, L+2k)
+        self.tail = blocks[..., size:].transpose(1, 2).contiguous().index_select(0, self.index)  # (nl, 2k, L)
+        gtg = q.transpose(1, 2) @ q
+        kt, ks = kk.transpose(1, 2), kk @ gtg
+        eye, zero = torch.eye(k, dtype=q.dtype, device=q.device).expand_as(kk), torch.zeros_like(kk)
+        self.mix = torch.cat([torch.cat([ks @ kt, kk, ks], -1),                           # rows: x^T Q,
+                              torch.cat([kt, zero, eye], -1),                             #       x^T P,
+                              torch.cat([gtg @ kt, eye, gtg], -1)], 1)                    #       z
         fu, fv, co = (t.permute(1, 2, 0, 3).reshape(nl, k, depth * r) for t in (self.fu, self.fv, self.coarse))
         self.gather_y = torch.cat([fu, co], -1)                                          # (nl, k, 2 depth r)
         self.gather_s = fv
@@ -319,16 +322,16 @@ class HMatrix:
         """M x for x in leaf layout (nl, m, L), rows of m vectors per leaf.
 
         G G^T x = B B^T x + (B Q) z + Q w with y = Q^T x, z = F^T y (basis coordinates),
-        s = Q^T B^T x + Q^T Q z and w = F s + W W^T y.
+        s = Q^T B^T x + Q^T Q z and w = F s + W W^T y; B B^T x and B Q z are written on Q and P.
         """
         size, k = x.shape[-1], self.basis.shape[-1]
         h = x @ self.head
         t = self._level_sums(h[..., size:size + k] @ self.gather_y, 2)
         far, coarse = t.chunk(2, -1)
         z = far @ self.spread_z
-        s = torch.baddbmm(h[..., size + k:], z, self.gtg)
+        on_q, on_p, s = (torch.cat([h[..., size:], z], -1) @ self.mix).split(k, -1)
         w = torch.baddbmm(coarse @ self.spread_c, self._level_sums(s @ self.gather_s, 1), self.spread_s)
-        return torch.baddbmm(h[..., :size], torch.cat([z, w], -1), self.tail)
+        return torch.baddbmm(h[..., :size], torch.cat([on_q + w, on_p], -1), self.tail)
 
     def apply(self, v: torch.Tensor) -> torch.Tensor:
         """M v for v shaped (n,) or (m, n) in cell order, in the operator's dtype."""
