@@ -188,14 +188,14 @@ class Analytic:
     def build(cls, system: PoissonSystem, part: Partition, segments: int, rank: int,
               dtype: torch.dtype = torch.float32, jitter: float = 1e-6) -> "Analytic":
         arrays = leaf_arrays(system.to(dtype=torch.float64), part)
+        # leaves with identical stencil data (pure-phase interiors) share one factorisation
         unique, index = torch.unique(arrays.transpose(0, 1).reshape(part.n_leaves, -1), dim=0, return_inverse=True)
         unique = unique.view(-1, len(FIELDS), part.leaf_size).transpose(0, 1)
         chol = torch.linalg.cholesky(leaf_matrices(unique, part, jitter))
         eye = torch.eye(part.leaf_size, dtype=torch.float64, device=chol.device).expand_as(chol)
         factor = torch.linalg.solve_triangular(chol, eye, upper=False).transpose(1, 2)
         sources = harmonic_sources(unique, part, segments)
-        half = factor.transpose(1, 2) @ sources                                    # L^-1 E
-        basis = factor @ half                                                      # Q = A_ii^-1 E
+        basis = factor @ (factor.transpose(1, 2) @ sources)                        # Q = A_ii^-1 E
         blocks = torch.cat([factor @ factor.transpose(1, 2), basis, factor @ basis], -1)
         coupling = basis_coupling(arrays, part, basis[index], sources[index], jitter)
         real = arrays[5]
