@@ -34,7 +34,7 @@ from .hmatrix import Analytic, HMatrix, assemble
 from .partition import Partition, partition
 from .system import PoissonSystem
 
-LAYOUT = "htp-hmatrix-v2"   # bump when the meaning of the weights changes
+LAYOUT = "htp-hmatrix-v3"   # bump when the meaning of the weights changes
 CELL_FEATURES = 8
 LEAF_FEATURES = 11
 GEO_FEATURES = 6
@@ -223,13 +223,13 @@ class HTPModel(nn.Module):
         nl, k, r, depth = part.n_leaves, cfg.k, cfg.rank, part.depth
         leaf_corr = self.leaf_head(x).view(nl, k, k)
         if depth:
-            pooled = []
-            for d in range(depth):
+            context = []
+            for d in range(depth):                                                # ctx per half, then spread
                 half = nl >> (d + 1)
                 m = x.view(-1, 2, half, x.shape[-1]).mean(2)                     # (pairs, 2, dm)
-                both = torch.cat([m, m.flip(1)], -1)                              # own half, sibling half
-                pooled.append(both.unsqueeze(2).expand(-1, 2, half, both.shape[-1]).reshape(nl, -1))
-            h = x.unsqueeze(0) + self.ctx(torch.stack(pooled)) + self.geo(self.geometry(part, x.device, dtype))
+                c = self.ctx(torch.cat([m, m.flip(1)], -1))                       # own half, sibling half
+                context.append(c.unsqueeze(2).expand(-1, -1, half, -1).reshape(nl, -1))
+            h = x.unsqueeze(0) + torch.stack(context) + self.geo(self.geometry(part, x.device, dtype))
             fu, fv = self.level_head(h).view(depth, nl, 2, k, r).unbind(2)
         else:
             fu = fv = x.new_zeros(0, nl, k, r)

@@ -10,10 +10,10 @@ import scipy.sparse.linalg as spla
 import torch
 
 from precond import PoissonSystem, PreconditionerUnavailable, Solver
-from precond.dataset import load_dir
+from precond.dataset import load_dir, synthetic_sample
 from precond.dataset import main as dataset_main
 from precond.dumps import REPO
-from precond.hmatrix import HMatrix
+from precond.hmatrix import HMatrix, coarse_selection
 from precond.htp import HTP
 from precond.loss import LossConfig, make_probes, probe_loss
 from precond.model import HTPConfig, HTPModel
@@ -133,6 +133,36 @@ def test_coarse_levels_are_weighted_galerkin_inverses():
     assert torch.allclose(rrt @ jittered, TINY.level_weight * eye, atol=1e-8)
 
 
+@pytest.mark.parametrize("grid", [(64, 64), (200, 100), (33, 17)])
+def test_coarse_functions_are_continuous_and_vanish_on_cluster_boundaries(grid):
+    """Across every leaf side inside a cluster both leaves give the shared side pieces the same
+    values; where the side is the cluster's boundary inside the grid, the values are 0. (Clusters
+    of fewer than rank / 2 leaves use each leaf's own responses in place of area hats.)"""
+    p = partition(*grid, 64)
+    seg = TINY.segments
+    sel = coarse_selection(p, TINY.k, TINY.rank)                 # (depth, nl, k, r)
+    coords = p.leaf_coords()
+    where = {tuple(c): i for i, c in enumerate(coords.tolist())}
+    pieces = lambda side: slice(side * seg, (side + 1) * seg)   # W, E, S, N
+    checked = 0
+    for i, (x, y) in enumerate(coords.tolist()):
+        for (dx, dy), mine, theirs in (((1, 0), 1, 0), ((0, 1), 3, 2)):
+            j = where.get((x + dx, y + dy))
+            if j is None:
+                continue
+            for d in range(p.depth):
+                hats = slice(0 if p.n_leaves >> d >= TINY.rank // 2 else TINY.rank // 2, None)
+                same = (i >> (p.depth - d)) == (j >> (p.depth - d))
+                here, there = sel[d, i, pieces(mine), hats], sel[d, j, pieces(theirs), hats]
+                if same:
+                    assert torch.allclose(here, there, atol=1e-6)
+                    checked += 1
+                else:
+                    assert here.abs().max() < 1e-6 and there.abs().max() < 1e-6
+    assert checked > 0
+    assert torch.all(sel.abs().sum((1, 2)) > 0)                  # every coarse function is used
+
+
 @pytest.mark.parametrize("grid,ratio,open_top", [((32, 32), 1000.0, True), ((33, 17), 1.0, False), ((24, 40), 100.0, True)])
 def test_m_is_spd_for_random_weights(grid, ratio, open_top):
     s = _system(*grid, ratio=ratio, seed=7, open_top=open_top)
@@ -141,6 +171,22 @@ def test_m_is_spd_for_random_weights(grid, ratio, open_top):
             m = _random_model(seed=seed)(s).to_dense()
         assert torch.allclose(m, m.T, atol=1e-12 * float(m.abs().max()))
         assert float(torch.linalg.eigvalsh(m).min()) > 0
+
+
+def test_float32_network_on_a_closed_box_with_a_near_null_coarse_function():
+    """Regression: training sample 960 of seed 0, a closed 256x256 box at ratio 1.2. The root's area
+    hats sum to the constant, a null vector of A; a coarse Gram matrix assembled in float32 was
+    indefinite beyond its jitter and the Cholesky factorisation failed mid-training."""
+    rng = np.random.default_rng()
+    rng.bit_generator.state = {"bit_generator": "PCG64", "state": {
+        "state": 45746805857798286090935441243336969111, "inc": 87136372517582989555478159403783844777},
+        "has_uint32": 0, "uinteger": 3645550213}
+    sample = synthetic_sample(rng)
+    assert sample.system.shape == (256, 256) and sample.source == "random-closed"
+    torch.manual_seed(0)
+    with torch.no_grad():
+        hm = HTPModel(TINY)(sample.system)
+    assert hm.dtype == torch.float32 and all(bool(torch.isfinite(r).all()) for r in hm.gram)
 
 
 def test_untrained_network_is_the_analytic_preconditioner():
