@@ -146,7 +146,7 @@ def _hats(x: torch.Tensor, nodes: torch.Tensor, width: float, extent: float | No
 
 @lru_cache(maxsize=64)
 def coarse_selection(part: Partition, k: int, rank: int) -> torch.Tensor:
-    """Coarse coefficients (depth, n_leaves, k, rank) in the harmonic basis: the coarse functions.
+    """Coarse coefficients (depth, n_leaves, k, rank), float64, in the harmonic basis: the coarse functions.
 
     The basis Q_i interpolates values on `segments` pieces of each leaf side A-harmonically into
     the leaf, so a coarse function is given by its values at the side pieces' midpoints; taking
@@ -208,7 +208,7 @@ def coarse_selection(part: Partition, k: int, rank: int) -> torch.Tensor:
         sep = across[..., :, None] * wall_hats(other, along)[..., None, :]
         sel[d] = torch.cat([area, sep.reshape(nl, k, -1)], -1)
         extent[axis] /= 2
-    return sel.float()
+    return sel
 
 
 def distinct_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,7 +256,7 @@ class Analytic:
         blocks = torch.cat([factor @ factor.transpose(1, 2), basis, factor @ basis], -1)
         coupling = basis_coupling(unique, part, basis, sources, index, jitter)
         sel = coarse_selection(part, basis.shape[-1], rank).to(chol.device)
-        gram = galerkin_factors(part, coupling, sel.double())
+        gram = galerkin_factors(part, coupling, sel)
         real = arrays[5]
         mean_d = (arrays[0] * real).sum(1) / real.sum(1).clamp_min(1)
         scale = torch.where(mean_d > 0, mean_d, torch.ones_like(mean_d)).rsqrt()
