@@ -163,6 +163,19 @@ def test_coarse_functions_are_continuous_and_vanish_on_cluster_boundaries(grid):
     assert torch.all(sel.abs().sum((1, 2)) > 0)                  # every coarse function is used
 
 
+def test_distinct_rows_matches_unique():
+    """Leaves with equal stencil data share one factorisation: the fast search finds exactly the
+    groups torch.unique(dim=0) finds, and every row is its distinct row."""
+    from precond.hmatrix import distinct_rows
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(7, 40, generator=g, dtype=torch.float64)
+    rows = base[torch.randint(0, 7, (200,), generator=g)]
+    rows[5, 3] *= 1 + 2 ** -52                       # one ulp off: a distinct row of its own
+    distinct, index = distinct_rows(rows)
+    assert torch.equal(distinct[index], rows)
+    assert distinct.shape[0] == torch.unique(rows, dim=0).shape[0] == 8
+
+
 @pytest.mark.parametrize("grid,ratio,open_top", [((32, 32), 1000.0, True), ((33, 17), 1.0, False), ((24, 40), 100.0, True)])
 def test_m_is_spd_for_random_weights(grid, ratio, open_top):
     s = _system(*grid, ratio=ratio, seed=7, open_top=open_top)
