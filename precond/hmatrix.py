@@ -357,12 +357,12 @@ class HMatrix:
         fu, fv, co = (t.permute(1, 2, 0, 3).reshape(nl, k, depth * r) for t in (self.fu, self.fv, self.coarse))
         self.gather_y = torch.cat([fu, co], -1)                                          # (nl, k, 2 depth r)
         self.gather_s = fv
-        self.spread_z = fv.transpose(1, 2)                                               # (nl, depth r, k)
-        self.spread_s = fu.transpose(1, 2)
+        self.spread_z = fv.transpose(1, 2).contiguous()                                  # (nl, depth r, k)
+        self.spread_s = fu.transpose(1, 2).contiguous()
         # R_c R_c^T of each leaf's cluster, folded into the coarse spread: (R R^T) C_di^T
         ck = [(self.coarse[d].reshape(1 << d, -1, r) @ (g @ g.transpose(1, 2))).view(nl, k, r)
               for d, g in enumerate(self.gram)]
-        self.spread_c = torch.stack(ck, 2).view(nl, k, -1).transpose(1, 2) if depth else q.new_zeros(nl, 0, k)
+        self.spread_c = torch.stack(ck, 2).view(nl, k, -1).transpose(1, 2).contiguous() if depth else q.new_zeros(nl, 0, k)
 
     @property
     def dtype(self) -> torch.dtype:
