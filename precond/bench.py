@@ -7,8 +7,10 @@
 For every N and density ratio it runs the scene headless to `--frame` (through the command
 line, as `precond` never imports the simulator), takes that frame's matrix, and solves it
 with a fixed random right-hand side (seed 0; mean-free on a closed box) to a relative
-residual of 1e-6. Every solver sees the same system; times are medians of `--repeats`
-solves measured side by side (setup, i.e. factorisation or network inference, included);
+residual of 1e-6. Every solver sees the same system; after one warm-up solve each, the solvers
+take turns, one solve each per round for `--repeats` rounds, and times are the medians (setup,
+i.e. factorisation or network inference, included): a slow spell of a shared machine falls on
+all of them alike.
 `/jacobi` and `/mgpcg` give each solve time as a fraction of those solvers' on the same system.
 pyamg's smoothed-aggregation AMG is a CPU reference row. Writes `bench.csv` and
 `convergence.png` (residual against iteration at one N and ratio) to `--out`.
@@ -28,6 +30,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -52,34 +55,45 @@ def random_rhs(system: PoissonSystem, seed: int = 0) -> torch.Tensor:
     return system.project(torch.randn(system.n, dtype=torch.float64, generator=g).to(system.device))
 
 
-def run_pcg(system: PoissonSystem, b: torch.Tensor, method: str, tol: float, repeats: int) -> dict:
+def pcg_once(system: PoissonSystem, b: torch.Tensor, method: str, tol: float) -> Callable[[], dict]:
+    """One timed solve with `method` per call (setup included); raises PreconditionerUnavailable."""
     solver = Solver(method, tol=tol, fallback=None)
-    times, res = [], None
-    for _ in range(repeats):
+
+    def once() -> dict:
         res = solver.solve(system, b)
-        times.append(res.seconds)
-    setup = res.setup_seconds * 1e3
-    return dict(iterations=res.iterations, converged=res.converged, residual=res.residual,
-                setup_ms=setup, solve_ms=statistics.median(times) * 1e3, history=res.history)
+        return dict(iterations=res.iterations, converged=res.converged, residual=res.residual,
+                    setup_ms=res.setup_seconds * 1e3, solve_ms=res.seconds * 1e3, history=res.history)
+    return once
 
 
-def run_pyamg(system: PoissonSystem, b: torch.Tensor, tol: float, repeats: int) -> dict:
+def pyamg_once(system: PoissonSystem, b: torch.Tensor, tol: float) -> Callable[[], dict]:
+    """One timed pyamg smoothed-aggregation solve (hierarchy set-up included) per call."""
     import pyamg
     a = system.to_csr()
     bn = b.cpu().numpy()
-    times, setups, hist = [], [], []
-    for _ in range(repeats):
+
+    def once() -> dict:
         t0 = time.perf_counter()
         ml = pyamg.smoothed_aggregation_solver(a)
         t1 = time.perf_counter()
-        hist = []
+        hist: list[float] = []
         x = ml.solve(bn, tol=tol, accel="cg", residuals=hist, maxiter=500)
-        times.append(time.perf_counter() - t0)
-        setups.append(t1 - t0)
-    rel = np.linalg.norm(bn - a @ x) / np.linalg.norm(bn)
-    return dict(iterations=len(hist) - 1, converged=bool(rel <= 2 * tol), residual=float(rel),
-                setup_ms=statistics.median(setups) * 1e3, solve_ms=statistics.median(times) * 1e3,
-                history=[h / hist[0] for h in hist])
+        t2 = time.perf_counter()
+        rel = np.linalg.norm(bn - a @ x) / np.linalg.norm(bn)
+        return dict(iterations=len(hist) - 1, converged=bool(rel <= 2 * tol), residual=float(rel),
+                    setup_ms=(t1 - t0) * 1e3, solve_ms=(t2 - t0) * 1e3, history=[h / hist[0] for h in hist])
+    return once
+
+
+def interleaved(runs: dict[str, Callable[[], dict]], repeats: int) -> dict[str, dict]:
+    """Every method solves once per round, `repeats` rounds, so a slow spell of the machine falls on
+    all of them alike; the last solve's figures with the median set-up and solve times."""
+    done: dict[str, list[dict]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, once in runs.items():
+            done[name].append(once())
+    return {name: {**rs[-1], "setup_ms": statistics.median(r["setup_ms"] for r in rs),
+                   "solve_ms": statistics.median(r["solve_ms"] for r in rs)} for name, rs in done.items()}
 
 
 def ablation_preconditioners(folder: Path, tmp: Path) -> dict:
@@ -174,14 +188,17 @@ def main(argv: list[str] | None = None) -> None:
             for ratio in args.ratios:
                 system = scene_system(args.scene, grid, ratio, args.frame, cache).to(device=args.device)
                 b = random_rhs(system)
-                results = {}
+                runs = {}
                 for method in args.methods:
+                    runs[method] = pcg_once(system, b, method, args.tol)
                     try:
-                        results[method] = run_pcg(system, b, method, args.tol, args.repeats)
+                        runs[method]()                                # warm-up: caches, checkpoint load
                     except PreconditionerUnavailable as err:
                         print(f"{n:>7} {grid[0]}x{grid[1]:<5} {ratio:>6g} {method:>12}  unavailable: {err}")
+                        del runs[method]
                 if not args.no_pyamg:
-                    results["pyamg-sa"] = run_pyamg(system, b, args.tol, args.repeats)
+                    runs["pyamg-sa"] = pyamg_once(system, b, args.tol)
+                results = interleaved(runs, args.repeats)
                 for method, r in results.items():
                     # solve time as a fraction of the reference's, measured side by side on this system
                     frac = [r["solve_ms"] / results[ref]["solve_ms"] if ref in results else float("nan")

@@ -107,6 +107,20 @@ def test_bench_writes_table_and_plot(tmp_path):
     assert (tmp_path / "convergence.png").stat().st_size > 10_000
 
 
+def test_bench_interleaves_the_solvers_and_takes_medians():
+    """Timings are side by side: each round runs every solver once, so a slow spell hits all alike."""
+    from precond.bench import interleaved
+    order: list[str] = []
+
+    def fake(name: str, times: list[float]):
+        it = iter(times)
+        return lambda: order.append(name) or dict(iterations=3, setup_ms=1.0, solve_ms=next(it))
+
+    out = interleaved({"a": fake("a", [5.0, 1.0, 3.0]), "b": fake("b", [2.0, 9.0, 4.0])}, 3)
+    assert order == ["a", "b", "a", "b", "a", "b"]
+    assert out["a"]["solve_ms"] == 3.0 and out["b"]["solve_ms"] == 4.0 and out["a"]["iterations"] == 3
+
+
 def test_window_without_display_says_so_before_building_anything(monkeypatch, capsys):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
