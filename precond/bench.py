@@ -188,16 +188,15 @@ def main(argv: list[str] | None = None) -> None:
             for ratio in args.ratios:
                 system = scene_system(args.scene, grid, ratio, args.frame, cache).to(device=args.device)
                 b = random_rhs(system)
-                runs = {}
-                for method in args.methods:
-                    runs[method] = pcg_once(system, b, method, args.tol)
+                runs = {method: pcg_once(system, b, method, args.tol) for method in args.methods}
+                if not args.no_pyamg:
+                    runs["pyamg-sa"] = pyamg_once(system, b, args.tol)
+                for method in list(runs):
                     try:
                         runs[method]()                                # warm-up: caches, checkpoint load
                     except PreconditionerUnavailable as err:
                         print(f"{n:>7} {grid[0]}x{grid[1]:<5} {ratio:>6g} {method:>12}  unavailable: {err}")
                         del runs[method]
-                if not args.no_pyamg:
-                    runs["pyamg-sa"] = pyamg_once(system, b, args.tol)
                 results = interleaved(runs, args.repeats)
                 for method, r in results.items():
                     # solve time as a fraction of the reference's, measured side by side on this system
