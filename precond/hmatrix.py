@@ -1,25 +1,25 @@
 """The HTP operator: an SPD approximate inverse in hierarchical (H-matrix) form.
 
-    M = G G^T + eps I,        G = [ B + F  |  W ]
+    M = G G^T + eps I,        G = [ B  |  W ]
 
 * B (leaf blocks): dense L x L blocks on the diagonal. Their analytic part is the exact
   block-Jacobi factor L_i^-T (A_ii = L_i L_i^T, batched Cholesky), so B B^T alone is the
-  block-Jacobi preconditioner; the network adds a low-rank correction.
-* F (far field of G): for every pair of sibling clusters (c, c') at every depth, the block
-  G[c, c'] = U_c V_{c'}^T of rank r (weak admissibility). U and V are written in a per-leaf
-  basis Q_i of k "harmonic" vectors: Q_i = A_ii^-1 E_i, the leaf's responses to unit data on
-  `segments` pieces of each of its four sides, weighted by the couplings across them. These
-  are the shapes that off-diagonal blocks of A^-1 take inside a leaf (A-harmonic away from
-  the sources), adapted to the density jumps, at k numbers per leaf instead of L.
-* W (coarse columns): for every cluster c at every depth, r columns W_c = V_c R_c supported
+  block-Jacobi preconditioner; the network adds a low-rank correction Q_i K_i Q_i^T.
+* Q_i, the per-leaf basis: k "harmonic" vectors Q_i = A_ii^-1 E_i, the leaf's responses to unit
+  data on `segments` pieces of each of its four sides, weighted by the couplings across them:
+  the shapes that off-diagonal blocks of A^-1 take inside a leaf (A-harmonic away from the
+  sources), adapted to the density jumps, at k numbers per leaf instead of L.
+* W (far field): for every inner cluster c at every depth, r columns W_c = V_c F_c supported
   on c, with V_c = [Q_i C_i]_{i in c} continuous piecewise-linear functions, harmonic inside
   each leaf: hats over c and hats along c's separator (fixed coefficients C, see
-  coarse_selection) and R_c R_c^T = w (V_c^T A_cc V_c)^-1, so
-  W_c W_c^T is the Galerkin inverse of A on span(V_c) with weight w: an additive multilevel
-  coarse correction whose scale is right for any density ratio by construction. Each W_c W_c^T
-  couples c's two children by a rank-r block: the same weak-admissibility pattern. (Letting
-  the network reshape V_c or set per-cluster weights lowered the probe loss but raised PCG
-  iterations, so W stays analytic.)
+  coarse_selection), and F_c = sqrt(w) R_c T_c with R_c R_c^T = (V_c^T A_cc V_c)^-1 and T_c the
+  network's r x r correction (I when untrained). With T_c = I, W_c W_c^T is the Galerkin inverse
+  of A on span(V_c) with weight w: an additive multilevel coarse correction whose scale is right
+  for any density ratio by construction. Each W_c W_c^T couples c's two children by a rank-r
+  block: the weak-admissibility pattern, one rank-r far-field factor per cluster and level.
+  (Layout v3 also had network-written per-leaf far-field factors U_c V_c'^T in G; trained, they
+  changed no PCG iteration count on the benchmark systems while costing half of the apply, so
+  the network's far-field output now lives in the r x r cluster corrections, free in the apply.)
 
 SPD for every network output: G G^T is positive semidefinite for any G, and eps > 0 makes
 M positive definite. Padding cells (see partition.py) carry zeros in Q, so M on the real
@@ -27,13 +27,13 @@ cells is a principal submatrix of an SPD matrix.
 
 Applying M: the dense per-leaf operators [A_ii^-1 | Q | L^-T Q] depend only on the leaf's stencil,
 so they are built once per distinct leaf and gathered; the network's leaf correction K enters as a
-k x k mixing of the basis coordinates, and the far/coarse factors (with R_c R_c^T folded in) are
-multiplied out once per system, so one apply is eight batched GEMMs over the leaves
-(row vectors times per-leaf matrices) plus, per pass, one prefix sum over the leaves whose
-differences give every depth's sibling-half and cluster sums at once (no loop over depths or
-clusters, no sparse indexing; the cell <-> leaf permutation is a transpose of the padded grid):
-O(N (L + k) + N/L * k r log(N/L)) flops. The coarse Gram matrices come from the basis-level
-coupling Q^T A Q (k x k blocks between neighbouring leaves), all depths at once.
+k x k mixing of the basis coordinates, and the coarse coefficients C are cached per grid shape, so
+one apply is a few batched GEMMs over the leaves (row vectors times per-leaf matrices), one over
+the clusters (F_c F_c^T), and one prefix sum over the leaves whose differences give every cluster's
+coarse coordinates at once (no loop over depths or clusters, no sparse indexing; the cell <-> leaf
+permutation is a transpose of the padded grid): O(N (L + k) + N/L * k r log(N/L)) flops. The coarse
+Gram matrices come from the basis-level coupling Q^T A Q (k x k blocks between neighbouring leaves),
+all depths at once.
 """
 from __future__ import annotations
 
@@ -238,7 +238,7 @@ class Analytic:
     index: torch.Tensor      # (nl,) distinct-leaf index of every leaf
     basis: torch.Tensor      # (nl, L, k) harmonic basis Q_i
     scale: torch.Tensor      # (nl,) mean(diag)^-1/2 over the leaf's real cells
-    selection: torch.Tensor  # (depth, nl, k, r) coarse coefficients, see coarse_selection
+    selection: torch.Tensor  # (depth, nl, k, r) coarse coefficients (float64), see coarse_selection
     gram: list[torch.Tensor]  # per depth (2^d, r, r): R_c with R_c R_c^T = (V_c^T A_cc V_c)^-1
 
     @classmethod
@@ -261,7 +261,7 @@ class Analytic:
         mean_d = (arrays[0] * real).sum(1) / real.sum(1).clamp_min(1)
         scale = torch.where(mean_d > 0, mean_d, torch.ones_like(mean_d)).rsqrt()
         return cls(arrays.to(dtype), factor.to(dtype), blocks.to(dtype), index, basis.to(dtype)[index],
-                   scale.to(dtype), sel.to(dtype), [g.to(dtype) for g in gram])
+                   scale.to(dtype), sel, [g.to(dtype) for g in gram])
 
 
 @lru_cache(maxsize=16)
@@ -310,14 +310,26 @@ def galerkin_factors(part: Partition, coupling: torch.Tensor, coarse: torch.Tens
     return list(inv.transpose(1, 2).split([1 << d for d in range(depth)]))
 
 
+@lru_cache(maxsize=16)
+def coarse_layout(part: Partition, k: int, rank: int, dtype: torch.dtype,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The coarse coefficients C of every leaf at every depth in the two layouts the apply multiplies
+    by, cached per grid: gather (nl, k, depth r) maps basis coordinates to coarse ones, spread
+    (nl, depth r, k) is its transpose."""
+    sel = coarse_selection(part, k, rank)
+    gather = sel.permute(1, 2, 0, 3).reshape(part.n_leaves, k, -1).to(device, dtype)
+    return gather, gather.transpose(1, 2).contiguous()
+
+
 @dataclass
 class HMatrix:
-    """M = G G^T + eps I with G = [B + F | W], see the module docstring. Vectors in cell order.
+    """M = G G^T + eps I with G = [B | W], see the module docstring. Vectors in cell order.
 
     B's leaf blocks are L_i^-T + Q_i K_i Q_i^T: the analytic factor of the leaf's distinct stencil
-    plus the network's correction. `__post_init__` multiplies out, once per system, the per-leaf
-    products that the apply needs (see `apply_leaf`), so an apply is eight batched GEMMs and two
-    prefix-sum segment sums, whatever the network predicted.
+    plus the network's correction; W_c = V_c F_c with F_c = sqrt(w) R_c T_c, R_c the Galerkin factor
+    and T_c the network's cluster correction. `__post_init__` multiplies out, once per system, what
+    the apply needs (see `apply_leaf`), so an apply is six batched GEMMs over the leaves, one over the
+    clusters and one prefix-sum segment sum, whatever the network predicted.
     """
 
     part: Partition
@@ -326,43 +338,32 @@ class HMatrix:
     index: torch.Tensor         # (nl,)        distinct-leaf index of every leaf
     basis: torch.Tensor         # (nl, L, k)   Q
     corr: torch.Tensor          # (nl, k, k)   K: B's leaf blocks are L^-T + Q K Q^T
-    fu: torch.Tensor            # (depth, nl, k, r) F's row factors (leaf i's slice of U_c)
-    fv: torch.Tensor            # (depth, nl, k, r) F's column factors (leaf j's slice of V_c')
-    coarse: torch.Tensor        # (depth, nl, k, r) coarse functions V_c
-    gram: list[torch.Tensor]    # per depth (2^d, r, r): R_c
+    coarse: torch.Tensor        # (depth, nl, k, r) coarse coefficients C (float64, coarse_selection's)
+    coarse_factor: list[torch.Tensor]  # per depth (2^d, r, r): F_c, so W_c = V_c F_c
     eps: float
 
     def __post_init__(self) -> None:
         """Per-leaf operators, all acting on row vectors (x_i^T @ op).
 
         With P = L^-T Q, S = Q^T Q and B = L^-T + Q K Q^T:
-        x^T B B^T = x^T A_ii^-1 + (x^T P K^T + x^T Q K S K^T) Q^T + x^T Q K P^T and x^T B Q =
-        x^T P + x^T Q K S, so no L x L product is formed per leaf: `head` gathers the distinct
-        leaves' [A_ii^-1 + eps I | Q | P], `tail` their [Q | P]^T, and `mix` (3k x 3k per leaf) maps
-        the row [x^T Q, x^T P, z] to the coefficients on Q^T and P^T and to s (see apply_leaf).
+        x^T B B^T = x^T A_ii^-1 + (x^T P K^T + x^T Q K S K^T) Q^T + x^T Q K P^T, so no L x L product is
+        formed per leaf: `head` gathers the distinct leaves' [A_ii^-1 + eps I | Q | P], `tail` their
+        [Q | P]^T, and `mix` (2k x 2k per leaf) maps the row [x^T Q, x^T P] to the coefficients on
+        Q^T and P^T. `cluster_gram` holds F_c F_c^T of every inner cluster (depth-major).
         """
         q, kk = self.basis, self.corr
-        nl, size, k = q.shape
-        depth, r = self.fu.shape[0], self.fu.shape[-1]
+        size, k = q.shape[1:]
         blocks = self.blocks.clone()
         blocks[..., :size].diagonal(dim1=1, dim2=2).add_(self.eps)
         self.head = blocks.index_select(0, self.index)                                   # (nl, L, L+2k)
         self.tail = blocks[..., size:].transpose(1, 2).contiguous().index_select(0, self.index)  # (nl, 2k, L)
-        gtg = q.transpose(1, 2) @ q
-        kt, ks = kk.transpose(1, 2), kk @ gtg
-        eye, zero = torch.eye(k, dtype=q.dtype, device=q.device).expand_as(kk), torch.zeros_like(kk)
-        self.mix = torch.cat([torch.cat([ks @ kt, kk, ks], -1),                           # rows: x^T Q,
-                              torch.cat([kt, zero, eye], -1),                             #       x^T P,
-                              torch.cat([gtg @ kt, eye, gtg], -1)], 1)                    #       z
-        fu, fv, co = (t.permute(1, 2, 0, 3).reshape(nl, k, depth * r) for t in (self.fu, self.fv, self.coarse))
-        self.gather_y = torch.cat([fu, co], -1)                                          # (nl, k, 2 depth r)
-        self.gather_s = fv
-        self.spread_z = fv.transpose(1, 2).contiguous()                                  # (nl, depth r, k)
-        self.spread_s = fu.transpose(1, 2).contiguous()
-        # R_c R_c^T of each leaf's cluster, folded into the coarse spread: (R R^T) C_di^T
-        ck = [(self.coarse[d].reshape(1 << d, -1, r) @ (g @ g.transpose(1, 2))).view(nl, k, r)
-              for d, g in enumerate(self.gram)]
-        self.spread_c = torch.stack(ck, 2).view(nl, k, -1).transpose(1, 2).contiguous() if depth else q.new_zeros(nl, 0, k)
+        kt = kk.transpose(1, 2)
+        self.mix = torch.cat([torch.cat([kk @ (q.transpose(1, 2) @ q) @ kt, kk], -1),    # rows: x^T Q,
+                              torch.cat([kt, torch.zeros_like(kk)], -1)], 1)              #       x^T P
+        r = self.coarse.shape[-1]
+        self.gather, self.spread = coarse_layout(self.part, k, r, q.dtype, q.device)
+        f = torch.cat(self.coarse_factor) if self.coarse_factor else q.new_zeros(0, r, r)
+        self.cluster_gram = f @ f.transpose(1, 2)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -373,33 +374,31 @@ class HMatrix:
         q = self.basis
         return self.factor[self.index] + q @ self.corr @ q.transpose(1, 2)
 
-    def _level_sums(self, t: torch.Tensor, parts: int) -> torch.Tensor:
-        """t (nl, m, parts * depth * r) per-leaf coefficients -> for every leaf and depth, their sum over
-        the leaf's sibling half (part 0) and its whole cluster (part 1): differences of a prefix sum
-        over the leaves at the partition's cached range ends. (A float64 prefix sum gave the same PCG
-        iterations on the benchmark systems and a 10 % slower apply.)"""
-        nl, m, _ = t.shape
-        groups, r = parts * self.fu.shape[0], self.fu.shape[-1]
-        prefix = t.view(nl, m, groups, r).transpose(1, 2).cumsum(0)
-        prefix = torch.cat([prefix.new_zeros(1, groups, m, r), prefix]).view((nl + 1) * groups, m, r)
-        ends = prefix.index_select(0, self.part.level_ends(parts, t.device)).view(2, nl, groups, m, r)
-        return (ends[0] - ends[1]).transpose(1, 2).reshape(t.shape)
+    def _coarse(self, y: torch.Tensor) -> torch.Tensor:
+        """W W^T on basis coordinates: y (nl, m, k) -> (nl, m, k). The coarse coordinates of every
+        cluster are differences of one prefix sum over the leaves at the partition's cached cluster
+        ends (no loop over depths or clusters), mapped by F_c F_c^T and spread back to the leaves.
+        (A float64 prefix sum gave the same PCG iterations on the benchmark systems.)"""
+        nl, m, _ = y.shape
+        depth = self.part.depth
+        if not depth:
+            return torch.zeros_like(y)
+        t = (y @ self.gather).view(nl, m, depth, -1).transpose(1, 2).cumsum(0)         # (nl, depth, m, r)
+        prefix = torch.cat([t.new_zeros(1, depth, m, t.shape[-1]), t]).flatten(0, 1)
+        ends = prefix.index_select(0, self.part.cluster_ends(y.device)).unflatten(0, (2, -1))
+        c = torch.bmm(ends[0] - ends[1], self.cluster_gram)                             # (clusters, m, r)
+        u = c.index_select(0, self.part.leaf_clusters(y.device)).view(nl, depth, m, -1)
+        return u.transpose(1, 2).reshape(nl, m, -1) @ self.spread
 
     # ------------------------------------------------------------------ the operator
     def apply_leaf(self, x: torch.Tensor) -> torch.Tensor:
-        """M x for x in leaf layout (nl, m, L), rows of m vectors per leaf.
-
-        G G^T x = B B^T x + (B Q) z + Q w with y = Q^T x, z = F^T y (basis coordinates),
-        s = Q^T B^T x + Q^T Q z and w = F s + W W^T y; B B^T x and B Q z are written on Q and P.
-        """
+        """M x for x in leaf layout (nl, m, L), rows of m vectors per leaf: with y = Q^T x,
+        G G^T x = B B^T x + Q (W W^T)_basis y, B B^T x written on A^-1, Q and P."""
         size, k = x.shape[-1], self.basis.shape[-1]
         h = x @ self.head
-        t = self._level_sums(h[..., size:size + k] @ self.gather_y, 2)
-        far, coarse = t.chunk(2, -1)
-        z = far @ self.spread_z
-        on_q, on_p, s = (torch.cat([h[..., size:], z], -1) @ self.mix).split(k, -1)
-        w = torch.baddbmm(coarse @ self.spread_c, self._level_sums(s @ self.gather_s, 1), self.spread_s)
-        return torch.baddbmm(h[..., :size], torch.cat([on_q + w, on_p], -1), self.tail)
+        on_q, on_p = (h[..., size:] @ self.mix).split(k, -1)
+        on_q = on_q + self._coarse(h[..., size:size + k])
+        return torch.baddbmm(h[..., :size], torch.cat([on_q, on_p], -1), self.tail)
 
     def apply(self, v: torch.Tensor) -> torch.Tensor:
         """M v for v shaped (n,) or (m, n) in cell order, in the operator's dtype."""
@@ -415,16 +414,17 @@ class HMatrix:
         return self.apply(torch.eye(n, dtype=self.dtype, device=self.basis.device)).T
 
 
-def assemble(system: PoissonSystem, part: Partition, an: Analytic, leaf_corr: torch.Tensor, fu: torch.Tensor,
-             fv: torch.Tensor, level_weight: float, eps: float) -> HMatrix:
+def assemble(system: PoissonSystem, part: Partition, an: Analytic, leaf_corr: torch.Tensor,
+             cluster_corr: torch.Tensor, level_weight: float, eps: float) -> HMatrix:
     """Build M from the analytic parts and the dimensionless corrections the network predicts.
 
-    leaf_corr (nl, k, k): B_i = L_i^-T + g_i Q_i K_i Q_i^T; fu, fv (depth, nl, k, r): F's factors,
-    scaled by sqrt(g) of their leaf (g = mean(diag)^-1/2 of the leaf); level_weight: w of
-    every coarse level; eps: relative to max(diag).
+    leaf_corr (nl, k, k): B_i = L_i^-T + g_i Q_i K_i Q_i^T (g = mean(diag)^-1/2 of the leaf);
+    cluster_corr (nl - 1, r, r), depth-major: F_c = sqrt(w) R_c (I + X_c) with w = level_weight,
+    the weight of every coarse level; eps: relative to max(diag).
     """
     g = an.scale
-    root = g.sqrt()[None, :, None, None]
-    gram = [r * level_weight ** 0.5 for r in an.gram]
+    eye = torch.eye(cluster_corr.shape[-1], dtype=cluster_corr.dtype, device=cluster_corr.device)
+    t = (eye + cluster_corr).split([rr.shape[0] for rr in an.gram])
+    factors = [level_weight ** 0.5 * rr @ tc for rr, tc in zip(an.gram, t)]
     return HMatrix(part, an.factor, an.blocks, an.index, an.basis, g[:, None, None] * leaf_corr,
-                   (fu * root).contiguous(), (fv * root).contiguous(), an.selection, gram, eps / float(system.diag.max()))
+                   an.selection, factors, eps / float(system.diag.max()))

@@ -12,13 +12,12 @@ its row buffer, its column buffer and the global token. Buffers read their row /
 the global token; the global token reads every token. So every layer reads and writes the
 highways, and a leaf sees the whole grid after one layer at O(N) cost (no N^2 attention).
 
-Heads. A leaf head writes the low-rank leaf-block correction K_i. One level head, shared by
-all depths so the same weights serve every grid size, reads the leaf token, the mean tokens of
-the leaf's half and of the sibling half at that depth, and the leaf's geometry in that cluster
-(offsets from the split line and the centre, cluster extents, height), and writes the far-field
-factors of G's sibling blocks. The last layers start at zero (the row factors at a small
-random value, so both factors get gradients), so an untrained network is the analytic
-preconditioner: block-Jacobi leaves plus Galerkin coarse levels.
+Heads. A leaf head writes the low-rank leaf-block correction K_i. One cluster head, shared by
+all depths so the same weights serve every grid size, reads the mean tokens of a cluster's two
+halves and the cluster's geometry (extents, height, split axis, which walls it touches) and
+writes the r x r correction T_c of its far-field factor (see hmatrix.py). The last layers start
+at zero, so an untrained network is the analytic preconditioner: block-Jacobi leaves plus
+Galerkin coarse levels.
 """
 from __future__ import annotations
 
@@ -34,10 +33,11 @@ from .hmatrix import Analytic, HMatrix, assemble
 from .partition import Partition, partition
 from .system import PoissonSystem
 
-LAYOUT = "htp-hmatrix-v3"   # bump when the meaning of the weights changes
+LAYOUT = "htp-hmatrix-v4"   # bump when the meaning of the weights changes
 CELL_FEATURES = 8
 LEAF_FEATURES = 11
-GEO_FEATURES = 6
+GEO_FEATURES = 8
+GEO_SCALE = torch.tensor([6.0, 6.0, 12.0, 1.0, 1.0, 1.0, 1.0, 1.0])   # cluster_geometry's columns to O(1)
 
 
 @dataclass
@@ -148,13 +148,12 @@ class HTPModel(nn.Module):
         self.leaf_head = nn.Linear(d, k * k)
         self.ctx = nn.Linear(2 * d, d)
         self.geo = nn.Linear(GEO_FEATURES, d)
-        self.level_head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, cfg.head_hidden), nn.GELU(),
-                                        nn.Linear(cfg.head_hidden, 2 * k * r))
+        self.cluster_head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, cfg.head_hidden), nn.GELU(),
+                                          nn.Linear(cfg.head_hidden, r * r))
         self.apply(self._init)
-        for lin in (self.leaf_head, self.level_head[-1]):
+        for lin in (self.leaf_head, self.cluster_head[-1]):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
-        nn.init.normal_(self.level_head[-1].weight[:k * r], std=1e-2 / math.sqrt(cfg.head_hidden))
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -187,14 +186,6 @@ class HTPModel(nn.Module):
                             (coords[:, 1] == 0).to(cx.dtype), (coords[:, 1] + 1 >= tiles_y).to(cx.dtype)], -1)
         return torch.cat([cells.reshape(part.n_leaves, -1), leaf], -1)
 
-    def geometry(self, part: Partition, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """(depth, nl, GEO_FEATURES): where each leaf sits in its cluster at every depth."""
-        g = part.level_geometry().to(device=device, dtype=dtype)
-        depth = part.depth
-        height = torch.arange(depth, 0, -1, device=device, dtype=dtype)[:, None, None].expand(depth, part.n_leaves, 1)
-        axis = torch.tensor(part.axes, device=device, dtype=dtype)[:, None, None].expand(depth, part.n_leaves, 1)
-        return torch.cat([g[..., :2] * 2.0, g[..., 2:] / 6.0, height / 12.0, axis], -1)
-
     # ------------------------------------------------------------------ forward
     def tokens(self, part: Partition, an: Analytic) -> torch.Tensor:
         """Final leaf tokens (nl, d)."""
@@ -222,18 +213,14 @@ class HTPModel(nn.Module):
         x = self.tokens(part, an)
         nl, k, r, depth = part.n_leaves, cfg.k, cfg.rank, part.depth
         leaf_corr = self.leaf_head(x).view(nl, k, k)
-        if depth:
-            context = []
-            for d in range(depth):                                                # ctx per half, then spread
-                half = nl >> (d + 1)
-                m = x.view(-1, 2, half, x.shape[-1]).mean(2)                     # (pairs, 2, dm)
-                c = self.ctx(torch.cat([m, m.flip(1)], -1))                       # own half, sibling half
-                context.append(c.unsqueeze(2).expand(-1, -1, half, -1).reshape(nl, -1))
-            h = x.unsqueeze(0) + torch.stack(context) + self.geo(self.geometry(part, x.device, dtype))
-            fu, fv = self.level_head(h).view(depth, nl, 2, k, r).unbind(2)
-        else:
-            fu = fv = x.new_zeros(0, nl, k, r)
-        return assemble(system, part, an, leaf_corr, fu, fv, cfg.level_weight, cfg.eps)
+        means = [x]                                          # means[j]: the clusters j levels above the leaves
+        for _ in range(depth):
+            means.append(means[-1].view(-1, 2, x.shape[-1]).mean(1))
+        halves = torch.cat([means[depth - d - 1].view(1 << d, -1) for d in range(depth)]) if depth \
+            else x.new_zeros(0, 2 * x.shape[-1])
+        geo = part.cluster_geometry().to(device=x.device, dtype=dtype) / GEO_SCALE.to(x.device, dtype)
+        cluster_corr = self.cluster_head(self.ctx(halves) + self.geo(geo)).view(-1, r, r)
+        return assemble(system, part, an, leaf_corr, cluster_corr, cfg.level_weight, cfg.eps)
 
 
 def save_checkpoint(path: str | Path, model: HTPModel, record: dict, half: bool = False) -> None:

@@ -122,23 +122,23 @@ class Partition:
         """(n_leaves, 2) tile coordinates (column along x, row along y) of each leaf, in leaf order."""
         return _leaf_coords(self)
 
-    def level_geometry(self) -> torch.Tensor:
-        """(depth, n_leaves, 4) where each leaf sits in the sibling pair of every depth.
+    def cluster_geometry(self) -> torch.Tensor:
+        """(n_leaves - 1, 8) the inner clusters of the tree, depth-major (root, then depth 1's two
+        clusters, ...), each in leaf order: log2 of its extents in leaves along x and y, its height
+        above the leaves, its split axis, and whether it touches the padded grid's west, east,
+        south and north edges (where coarse functions stay flat instead of vanishing)."""
+        return _cluster_geometry(self)
 
-        Entry [d, i] describes the cluster at depth d (d = 0 root .. depth-1) that contains
-        leaf i and is split at depth d + 1 into two halves: the signed offset of the leaf's
-        centre from the split line across the split axis, and its offset from the cluster's
-        centre along the other axis, both in units of the cluster's extent; then
-        log2 of the cluster's extents in leaves along x and y.
-        """
-        return _level_geometry(self)
+    def cluster_ends(self, device: torch.device) -> torch.Tensor:
+        """Range ends for segmented sums over leaves, (2 * (n_leaves - 1),): for every inner cluster
+        (depth-major, as cluster_geometry) of depth d spanning leaves [lo, hi), the flat rows
+        hi * depth + d, then lo * depth + d, of a (n_leaves + 1, depth) exclusive prefix sum."""
+        return _cluster_ends(self, torch.device(device))
 
-    def level_ends(self, parts: int, device: torch.device) -> torch.Tensor:
-        """Range ends for segmented sums over leaves, (2 * n_leaves * parts * depth,): for every leaf
-        and depth, the leaf range [lo, hi) of its sibling half (part 0) and of its whole cluster
-        (part 1), as flat rows hi * g + j, then lo * g + j, of a (n_leaves + 1, g = parts * depth)
-        exclusive prefix sum."""
-        return _level_ends(self, parts, torch.device(device))
+    def leaf_clusters(self, device: torch.device) -> torch.Tensor:
+        """(n_leaves * depth,) for every leaf and depth d, the index (depth-major, as cluster_geometry)
+        of the depth-d cluster that contains the leaf."""
+        return _leaf_clusters(self, torch.device(device))
 
     def edge_depths(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Deepest depth at which each east / north edge lies inside one cluster, (nx, ny) each.
@@ -194,20 +194,18 @@ def _leaf_coords(p: Partition) -> torch.Tensor:
 
 
 @lru_cache(maxsize=64)
-def _level_geometry(p: Partition) -> torch.Tensor:
-    coords = p.leaf_coords().double() + 0.5
-    out = torch.zeros(p.depth, p.n_leaves, 4, dtype=torch.float64)
-    ext = [float(1 << p.bits_x), float(1 << p.bits_y)]
-    for d, ax in enumerate(p.axes):
-        other = 1 - ax
-        lo = [torch.div(p.leaf_coords()[:, a], int(ext[a]), rounding_mode="floor") * ext[a] for a in (0, 1)]
-        centre = [lo[a] + ext[a] / 2 for a in (0, 1)]
-        out[d, :, 0] = (coords[:, ax] - centre[ax]) / ext[ax]
-        out[d, :, 1] = (coords[:, other] - centre[other]) / ext[other]
-        out[d, :, 2] = math.log2(ext[0])
-        out[d, :, 3] = math.log2(ext[1])
-        ext[ax] /= 2
-    return out
+def _cluster_geometry(p: Partition) -> torch.Tensor:
+    coords = p.leaf_coords()
+    tiles = torch.tensor(p.tiles)
+    rows = []
+    for d in range(p.depth):
+        c = coords.view(1 << d, -1, 2)
+        lo, hi = c.min(1).values, c.max(1).values + 1
+        ext = (hi - lo).double()
+        rows.append(torch.cat([ext.log2(), torch.full((1 << d, 1), float(p.depth - d)),
+                               torch.full((1 << d, 1), float(p.axes[d])),
+                               (lo == 0).double(), (hi >= tiles).double()], 1)[:, [0, 1, 2, 3, 4, 6, 5, 7]])
+    return torch.cat(rows) if rows else torch.zeros(0, 8, dtype=torch.float64)
 
 
 @lru_cache(maxsize=64)
@@ -231,12 +229,17 @@ def _edge_depths(p: Partition) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @lru_cache(maxsize=64)
-def _level_ends(p: Partition, parts: int, device: torch.device) -> torch.Tensor:
+def _cluster_ends(p: Partition, device: torch.device) -> torch.Tensor:
+    ends = []
+    for d in range(p.depth):
+        per = p.n_leaves >> d
+        lo = torch.arange(1 << d) * per
+        ends.append(torch.stack([(lo + per) * p.depth + d, lo * p.depth + d]))
+    return torch.cat(ends, 1).reshape(-1).to(device) if ends else torch.zeros(0, dtype=torch.long, device=device)
+
+
+@lru_cache(maxsize=64)
+def _leaf_clusters(p: Partition, device: torch.device) -> torch.Tensor:
+    d = torch.arange(p.depth)
     leaf = torch.arange(p.n_leaves)[:, None]
-    half = p.n_leaves >> (torch.arange(p.depth)[None, :] + 1)
-    sibling = (leaf // half * half) ^ half
-    cluster = leaf // (2 * half) * (2 * half)
-    lo = torch.stack([sibling, cluster], 1)[:, :parts].reshape(p.n_leaves, -1)
-    hi = torch.stack([sibling + half, cluster + 2 * half], 1)[:, :parts].reshape(p.n_leaves, -1)
-    col = torch.arange(lo.shape[1])
-    return torch.cat([hi * lo.shape[1] + col, lo * lo.shape[1] + col]).reshape(-1).to(device)
+    return ((1 << d) - 1 + (leaf >> (p.depth - d))).reshape(-1).to(device)

@@ -78,19 +78,11 @@ def _dense_reference(hm: HMatrix) -> torch.Tensor:
     for i in range(nl):
         g[i * size:(i + 1) * size, i * size:(i + 1) * size] = leaf[i]
     for d in range(depth):
-        half = nl >> (d + 1)
-        for pair in range(1 << d):
-            a = range(2 * pair * half, (2 * pair + 1) * half)
-            b = range((2 * pair + 1) * half, (2 * pair + 2) * half)
-            for rows, colset in ((a, b), (b, a)):
-                u = torch.cat([q[i] @ hm.fu[d, i] for i in rows])
-                v = torch.cat([q[j] @ hm.fv[d, j] for j in colset])
-                g[rows[0] * size:(rows[-1] + 1) * size, colset[0] * size:(colset[-1] + 1) * size] += u @ v.T
         per = nl >> d
         for c in range(1 << d):
             w = torch.zeros(p.n_padded, hm.coarse.shape[-1], dtype=q.dtype)
             vc = torch.cat([q[i] @ hm.coarse[d, i] for i in range(c * per, (c + 1) * per)])
-            w[c * per * size:(c + 1) * per * size] = vc @ hm.gram[d][c]
+            w[c * per * size:(c + 1) * per * size] = vc @ hm.coarse_factor[d][c]
             cols.append(w)
     full = torch.cat([g, *cols], 1)
     m = full @ full.T + hm.eps * torch.eye(p.n_padded, dtype=q.dtype)
@@ -113,9 +105,13 @@ def test_batched_apply_matches_dense(grid):
 
 
 def test_coarse_levels_are_weighted_galerkin_inverses():
+    """With the cluster head at zero (untrained), W_c W_c^T is w times the Galerkin inverse on span(V_c);
+    the cluster head's T_c moves F_c = sqrt(w) R_c T_c and nothing else."""
     s = _system(32, 32, seed=1)
+    torch.manual_seed(0)
     with torch.no_grad():
-        hm = _random_model()(s)
+        hm = HTPModel(TINY).double()(s)
+        moved = _random_model()(s)
     p = hm.part
     a = torch.as_tensor(s.to_csr().toarray())
     d, c = 1, 1                                   # second cluster of depth 1
@@ -127,10 +123,12 @@ def test_coarse_levels_are_weighted_galerkin_inverses():
     inside = v.abs().sum(1) > 0
     a_cc = a[inside][:, inside]
     gram = v[inside].T @ a_cc @ v[inside]
-    rrt = hm.gram[d][c] @ hm.gram[d][c].T
+    rrt = hm.coarse_factor[d][c] @ hm.coarse_factor[d][c].T
     eye = torch.eye(gram.shape[0], dtype=torch.float64)
     jittered = gram + torch.diag(1e-3 * gram.diagonal() + 1e-8 * gram.diagonal().mean())
     assert torch.allclose(rrt @ jittered, TINY.level_weight * eye, atol=1e-8)
+    assert not torch.allclose(moved.coarse_factor[d][c], hm.coarse_factor[d][c])
+    assert torch.equal(moved.coarse, hm.coarse)
 
 
 @pytest.mark.parametrize("grid", [(64, 64), (200, 100), (33, 17)])
@@ -199,7 +197,7 @@ def test_float32_network_on_a_closed_box_with_a_near_null_coarse_function():
     torch.manual_seed(0)
     with torch.no_grad():
         hm = HTPModel(TINY)(sample.system)
-    assert hm.dtype == torch.float32 and all(bool(torch.isfinite(r).all()) for r in hm.gram)
+    assert hm.dtype == torch.float32 and all(bool(torch.isfinite(f).all()) for f in hm.coarse_factor)
 
 
 def test_untrained_network_is_the_analytic_preconditioner():
