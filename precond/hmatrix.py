@@ -321,6 +321,28 @@ def coarse_layout(part: Partition, k: int, rank: int, dtype: torch.dtype,
     return gather, gather.transpose(1, 2).contiguous()
 
 
+CHUNK = 16   # leaves per chunk of the apply's leaf-block GEMMs, see leaf_chunks
+
+
+def leaf_chunks(index: torch.Tensor, chunk: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group leaves that share a distinct leaf into chunks of `chunk` rows: (slot (nl,), block (nc,)).
+
+    Leaf i goes to row slot[i] of a (nc * chunk)-row layout whose chunk c holds only leaves of
+    distinct leaf block[c] (unused rows stay zero). One bmm over the chunks then reads each distinct
+    leaf's dense operator once per chunk instead of once per leaf: a dam break at 65,536 cells has
+    154 distinct leaves among 1,024 (9 at ratio 1), so the apply streams about 205 (73) operators of
+    20 KB instead of 1,024, and its working set fits the CPU cache."""
+    counts = torch.bincount(index)
+    per = (counts + chunk - 1) // chunk
+    first = per.cumsum(0) - per
+    order = torch.argsort(index, stable=True)
+    sorted_index = index[order]
+    rank = torch.arange(index.numel(), device=index.device) - (counts.cumsum(0) - counts)[sorted_index]
+    slot = torch.empty_like(index)
+    slot[order] = (first[sorted_index] + rank // chunk) * chunk + rank % chunk
+    return slot, torch.repeat_interleave(torch.arange(counts.numel(), device=index.device), per)
+
+
 @dataclass
 class HMatrix:
     """M = G G^T + eps I with G = [B | W], see the module docstring. Vectors in cell order.
@@ -347,16 +369,21 @@ class HMatrix:
 
         With P = L^-T Q, S = Q^T Q and B = L^-T + Q K Q^T:
         x^T B B^T = x^T A_ii^-1 + (x^T P K^T + x^T Q K S K^T) Q^T + x^T Q K P^T, so no L x L product is
-        formed per leaf: `head` gathers the distinct leaves' [A_ii^-1 + eps I | Q | P], `tail` their
-        [Q | P]^T, and `mix` (2k x 2k per leaf) maps the row [x^T Q, x^T P] to the coefficients on
-        Q^T and P^T. `cluster_gram` holds F_c F_c^T of every inner cluster (depth-major).
+        formed per leaf: `head` holds the distinct leaves' [A_ii^-1 + eps I | Q | P] per chunk (see
+        leaf_chunks), `tail` their [Q | P]^T, and `mix` (2k x 2k per leaf) maps the row
+        [x^T Q, x^T P] to the coefficients on Q^T and P^T. `cluster_gram` holds F_c F_c^T of every
+        inner cluster (depth-major). `cell_slot` is every cell's position in the chunk layout.
         """
         q, kk = self.basis, self.corr
         size, k = q.shape[1:]
         blocks = self.blocks.clone()
         blocks[..., :size].diagonal(dim1=1, dim2=2).add_(self.eps)
-        self.head = blocks.index_select(0, self.index)                                   # (nl, L, L+2k)
-        self.tail = blocks[..., size:].transpose(1, 2).contiguous().index_select(0, self.index)  # (nl, 2k, L)
+        slot, block = leaf_chunks(self.index)
+        self.head = blocks.index_select(0, block)                                        # (nc, L, L+2k)
+        self.tail = blocks[..., size:].transpose(1, 2).contiguous().index_select(0, block)  # (nc, 2k, L)
+        self.slot = slot
+        pos = self.part.cell_position().to(slot.device)
+        self.cell_slot = slot[pos // size] * size + pos % size
         kt = kk.transpose(1, 2)
         self.mix = torch.cat([torch.cat([kk @ (q.transpose(1, 2) @ q) @ kt, kk], -1),    # rows: x^T Q,
                               torch.cat([kt, torch.zeros_like(kk)], -1)], 1)              #       x^T P
@@ -391,22 +418,25 @@ class HMatrix:
         return u.transpose(1, 2).reshape(nl, m, -1) @ self.spread
 
     # ------------------------------------------------------------------ the operator
-    def apply_leaf(self, x: torch.Tensor) -> torch.Tensor:
-        """M x for x in leaf layout (nl, m, L), rows of m vectors per leaf: with y = Q^T x,
-        G G^T x = B B^T x + Q (W W^T)_basis y, B B^T x written on A^-1, Q and P."""
-        size, k = x.shape[-1], self.basis.shape[-1]
-        h = x @ self.head
-        on_q, on_p = (h[..., size:] @ self.mix).split(k, -1)
-        on_q = on_q + self._coarse(h[..., size:size + k])
-        return torch.baddbmm(h[..., :size], torch.cat([on_q, on_p], -1), self.tail)
-
     def apply(self, v: torch.Tensor) -> torch.Tensor:
-        """M v for v shaped (n,) or (m, n) in cell order, in the operator's dtype."""
-        p = self.part
-        flat = v.reshape(-1, p.n).to(self.dtype)
-        x = p.to_leaf(flat).view(flat.shape[0], p.n_leaves, p.leaf_size).transpose(0, 1)
-        out = self.apply_leaf(x)
-        return p.from_leaf(out.transpose(0, 1).reshape(flat.shape[0], -1)).reshape(v.shape)
+        """M v for v shaped (n,) or (m, n) in cell order, in the operator's dtype.
+
+        The m vectors are scattered into the chunk layout (rows of leaves, each row the leaf's cells);
+        with y = Q^T x per leaf, G G^T x = B B^T x + Q (W W^T)_basis y, B B^T x written on A^-1, Q and P.
+        """
+        flat = v.reshape(-1, self.part.n).to(self.dtype)
+        m, nc, size, k = flat.shape[0], self.head.shape[0], self.head.shape[1], self.basis.shape[-1]
+        rows = nc * CHUNK
+        x = flat.new_zeros(rows * size, m).index_copy_(0, self.cell_slot, flat.T)
+        x = x.view(rows, size, m).transpose(1, 2).reshape(nc, CHUNK * m, size)
+        h = (x @ self.head).view(rows, m, -1)
+        coords = h[..., size:].index_select(0, self.slot)                          # (nl, m, 2k): [x^T Q, x^T P]
+        on_q, on_p = (coords @ self.mix).split(k, -1)
+        coef = torch.cat([on_q + self._coarse(coords[..., :k]), on_p], -1)
+        coef = flat.new_zeros(rows, m, 2 * k).index_copy_(0, self.slot, coef).view(nc, CHUNK * m, 2 * k)
+        out = torch.baddbmm(h[..., :size].reshape(nc, CHUNK * m, size), coef, self.tail)
+        out = out.view(rows, m, size).transpose(1, 2).reshape(rows * size, m).index_select(0, self.cell_slot)
+        return out.T.reshape(v.shape)
 
     def to_dense(self) -> torch.Tensor:
         """M as a dense (n, n) matrix (tests only)."""

@@ -118,6 +118,10 @@ class Partition:
         """For each leaf-order position, its cell k = i*ny + j, or -1 on padding."""
         return _cell_index(self)
 
+    def cell_position(self) -> torch.Tensor:
+        """(n,) the leaf-order position of every cell k = i*ny + j (the inverse of cell_index)."""
+        return _cell_position(self)
+
     def leaf_coords(self) -> torch.Tensor:
         """(n_leaves, 2) tile coordinates (column along x, row along y) of each leaf, in leaf order."""
         return _leaf_coords(self)
@@ -174,6 +178,14 @@ def _cell_index(p: Partition) -> torch.Tensor:
     k = torch.arange(p.n, dtype=torch.float64)
     mask = p.to_leaf(torch.ones(p.n, dtype=torch.float64))
     return torch.where(mask > 0, p.to_leaf(k), -1.0).long()
+
+
+@lru_cache(maxsize=64)
+def _cell_position(p: Partition) -> torch.Tensor:
+    idx = p.cell_index()
+    pos = torch.empty(p.n, dtype=torch.long)
+    pos[idx[idx >= 0]] = torch.nonzero(idx >= 0).squeeze(1)
+    return pos
 
 
 @lru_cache(maxsize=64)

@@ -86,9 +86,7 @@ def _dense_reference(hm: HMatrix) -> torch.Tensor:
             cols.append(w)
     full = torch.cat([g, *cols], 1)
     m = full @ full.T + hm.eps * torch.eye(p.n_padded, dtype=q.dtype)
-    pos = torch.empty(p.n, dtype=torch.long)
-    idx = p.cell_index()
-    pos[idx[idx >= 0]] = torch.nonzero(idx >= 0).squeeze(1)
+    pos = p.cell_position()
     return m[pos][:, pos]
 
 
