@@ -207,7 +207,7 @@ class HTPModel(nn.Module):
     def forward(self, system: PoissonSystem) -> HMatrix:
         cfg = self.cfg
         dtype = self.embed.weight.dtype
-        system = system.to(device=self.embed.weight.device, dtype=dtype)
+        system = system.to(device=self.embed.weight.device)     # the analytic part reads it in float64
         part = partition(system.nx, system.ny, cfg.leaf_size)
         an = Analytic.build(system, part, cfg.segments, cfg.rank, dtype)
         x = self.tokens(part, an)

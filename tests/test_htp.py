@@ -90,9 +90,10 @@ def _dense_reference(hm: HMatrix) -> torch.Tensor:
     return m[pos][:, pos]
 
 
-@pytest.mark.parametrize("grid", [(32, 16), (33, 17), (8, 8)])
-def test_batched_apply_matches_dense(grid):
-    s = _system(*grid, seed=3)
+@pytest.mark.parametrize("grid,ratio", [((32, 16), 1000.0), ((33, 17), 1000.0), ((8, 8), 1000.0), ((48, 40), 1.0)])
+def test_batched_apply_matches_dense(grid, ratio):
+    """(48, 40) at ratio 1: most leaves share one distinct leaf, so chunks of equal leaves fill up."""
+    s = _system(*grid, ratio=ratio, seed=3)
     with torch.no_grad():
         hm = _random_model()(s)
         dense = hm.to_dense()
@@ -100,6 +101,17 @@ def test_batched_apply_matches_dense(grid):
         v = torch.randn(5, s.n, dtype=torch.float64)
         assert torch.allclose(hm.apply(v), v @ dense.T, rtol=1e-10, atol=1e-12 * float(dense.abs().max()))
         assert torch.allclose(hm.apply(v[0]), dense @ v[0], rtol=1e-10, atol=1e-12 * float(dense.abs().max()))
+
+
+def test_leaf_chunks_hold_only_equal_leaves():
+    from precond.hmatrix import CHUNK, leaf_chunks
+    g = torch.Generator().manual_seed(4)
+    index = torch.cat([torch.zeros(40, dtype=torch.long), torch.arange(1, 6), torch.full((17,), 6)])
+    index = index[torch.randperm(index.numel(), generator=g)]
+    slot, block = leaf_chunks(index)
+    assert slot.unique().numel() == index.numel()                      # one row per leaf
+    assert torch.equal(block[slot // CHUNK], index)                   # every chunk holds one distinct leaf
+    assert block.numel() == 3 + 5 + 2                                 # ceil(40/16) + 5 singletons + ceil(17/16)
 
 
 def test_coarse_levels_are_weighted_galerkin_inverses():
