@@ -24,10 +24,12 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .hmatrix import Analytic, HMatrix, assemble
 from .partition import Partition, partition
@@ -70,21 +72,60 @@ class HTPConfig:
         return cls(**d)
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ke: torch.Tensor | None = None,
-            ve: torch.Tensor | None = None) -> torch.Tensor:
-    """Softmax attention of q (B, Q, h, e) over shared keys k, v (B, K, h, e) and, per query,
-    extra keys ke, ve (B, Q, E, h, e); returns (B, Q, h, e)."""
-    scale = q.shape[-1] ** -0.5
-    logits = torch.einsum("bqhe,bkhe->bhqk", q, k) * scale
-    n_shared = k.shape[1]
-    if ke is not None:
-        extra = torch.einsum("bqhe,bqxhe->bhqx", q, ke) * scale
-        logits = torch.cat([logits, extra], -1)
-    att = logits.softmax(-1)
-    out = torch.einsum("bhqk,bkhe->bqhe", att[..., :n_shared], v)
-    if ke is not None:
-        out = out + torch.einsum("bhqx,bqxhe->bqhe", att[..., n_shared:], ve)
-    return out
+@dataclass(frozen=True)
+class AttentionTables:
+    """Who reads whom, as key indices into the token array and masks, for every query token.
+
+    Windows: each window of `w` leaves (a cluster of the tree, so a rectangle of tiles of one shape)
+    reads its leaves, the buffers of the rows and columns it spans and the global token; the mask
+    lets a leaf see only its own row's and column's buffers. Buffers (rows, then columns) read the
+    leaves of their line, themselves and the global token, padded to one key count."""
+
+    window: int                 # w, leaves per window
+    window_keys: torch.Tensor   # (nl / w, Kw), the window's own leaves first
+    window_mask: torch.Tensor   # (nl / w, 1, w, Kw) bool
+    buffer_keys: torch.Tensor   # (rows + cols, Kb)
+    buffer_mask: torch.Tensor   # (rows + cols, 1, 1, Kb) bool
+
+
+@lru_cache(maxsize=64)
+def attention_tables(part: Partition, window: int, device: torch.device) -> AttentionTables:
+    nl = part.n_leaves
+    n_cols, n_rows = part.tiles
+    coords = part.leaf_coords()
+    w = min(window, nl)
+    rows0, cols0, glob = nl, nl + n_rows, nl + n_rows + n_cols
+    win = coords.view(nl // w, w, 2)
+    lo = win.min(1).values
+    span = win.max(1).values - lo + 1                    # the same for every window
+    xs = lo[:, :1] + torch.arange(int(span[0, 0]))
+    ys = lo[:, 1:] + torch.arange(int(span[0, 1]))
+    leaves = torch.arange(nl).view(nl // w, w)
+    window_keys = torch.cat([leaves, rows0 + ys, cols0 + xs, torch.full((nl // w, 1), glob)], 1)
+    window_mask = torch.cat([torch.ones(nl // w, w, w, dtype=torch.bool),
+                             ys[:, None, :] == win[..., 1:], xs[:, None, :] == win[..., :1],
+                             torch.ones(nl // w, w, 1, dtype=torch.bool)], -1)
+    grid = torch.empty(n_rows, n_cols, dtype=torch.long)
+    grid[coords[:, 1], coords[:, 0]] = torch.arange(nl)
+    width = max(n_rows, n_cols) + 2
+    buffer_keys = torch.zeros(n_rows + n_cols, width, dtype=torch.long)
+    buffer_mask = torch.zeros(n_rows + n_cols, width, dtype=torch.bool)
+    for b, line in enumerate([*grid, *grid.T]):
+        keys = torch.cat([line, torch.tensor([nl + b, glob])])
+        buffer_keys[b, :keys.numel()] = keys
+        buffer_mask[b, :keys.numel()] = True
+    return AttentionTables(w, window_keys.to(device), window_mask[:, None].to(device),
+                           buffer_keys.to(device), buffer_mask[:, None, None].to(device))
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keys: torch.Tensor,
+            mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Queries q (B, Q, h, e) attend to k, v (T, h, e) at token indices keys (B, K) where mask
+    (B, 1, Q, K) allows; returns (B, Q, h * e)."""
+    batch, n_q, h, e = q.shape
+    gather = lambda t: t.index_select(0, keys.reshape(-1)).view(batch, -1, h, e).transpose(1, 2)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), gather(k), gather(v), attn_mask=mask)
+    return out.transpose(1, 2).reshape(batch, n_q, h * e)
 
 
 class Block(nn.Module):
@@ -100,33 +141,21 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(d)
         self.mlp = nn.Sequential(nn.Linear(d, cfg.mlp_ratio * d), nn.GELU(), nn.Linear(cfg.mlp_ratio * d, d))
 
-    def forward(self, x: torch.Tensor, grid: torch.Tensor, coords: torch.Tensor, n_rows: int, n_cols: int) -> torch.Tensor:
-        """x: (nl + n_rows + n_cols + 1, d) with highways, else (nl, d); grid: (n_rows, n_cols) leaf index."""
-        cfg = self.cfg
-        h = cfg.n_heads
-        nl = grid.numel()
-        q, k, v = self.qkv(self.ln1(x)).view(x.shape[0], 3, h, -1).unbind(1)
-        w = min(cfg.window, nl)
-        win = lambda t: t[:nl].view(nl // w, w, h, -1)
-        if not cfg.highways:
-            out = _attend(win(q), win(k), win(v)).reshape(nl, -1)
+    def forward(self, x: torch.Tensor, tables: AttentionTables) -> torch.Tensor:
+        """x: (nl + rows + cols + 1, d) with highways (leaves, row buffers, column buffers, global),
+        else (nl, d)."""
+        n_tok, h = x.shape[0], self.cfg.n_heads
+        q, k, v = self.qkv(self.ln1(x)).view(n_tok, 3, h, -1).unbind(1)
+        keys, w = tables.window_keys, tables.window
+        nl = keys.shape[0] * w
+        leaf_q = q[:nl].view(keys.shape[0], w, h, -1)
+        if not self.cfg.highways:
+            out = _attend(leaf_q, k, v, keys[:, :w]).reshape(nl, -1)
         else:
-            rows = slice(nl, nl + n_rows)
-            cols = slice(nl + n_rows, nl + n_rows + n_cols)
-            glob = x.shape[0] - 1
-            # leaves: window + own row buffer + own column buffer + global
-            ext = lambda t: torch.stack([t[rows][coords[:, 1]], t[cols][coords[:, 0]],
-                                         t[glob].expand(nl, h, t.shape[-1])], 1)
-            leaf = _attend(win(q), win(k), win(v), ext(k).view(nl // w, w, 3, h, -1),
-                           ext(v).view(nl // w, w, 3, h, -1)).reshape(nl, -1)
-            # row buffer r reads its leaves (grid[r, :]) plus itself and the global token
-            own = lambda t, sl: torch.stack([t[sl], t[glob].expand(t[sl].shape)], 1)
-            row = _attend(q[rows].unsqueeze(1), k[grid], v[grid],
-                          own(k, rows).unsqueeze(1), own(v, rows).unsqueeze(1)).reshape(n_rows, -1)
-            col = _attend(q[cols].unsqueeze(1), k[grid.T], v[grid.T],
-                          own(k, cols).unsqueeze(1), own(v, cols).unsqueeze(1)).reshape(n_cols, -1)
-            top = _attend(q[glob:].unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)).reshape(1, -1)
-            out = torch.cat([leaf, row, col, top])
+            leaf = _attend(leaf_q, k, v, keys, tables.window_mask).reshape(nl, -1)
+            buffers = _attend(q[nl:-1].unsqueeze(1), k, v, tables.buffer_keys, tables.buffer_mask).squeeze(1)
+            top = _attend(q[-1:].unsqueeze(0), k, v, torch.arange(n_tok, device=x.device)[None]).squeeze(1)
+            out = torch.cat([leaf, buffers, top])
         x = x + self.proj(out)
         return x + self.mlp(self.ln2(x))
 
@@ -200,8 +229,9 @@ class HTPModel(nn.Module):
             rows = self.row_token + x[grid].mean(1)
             cols = self.col_token + x[grid.T].mean(1)
             x = torch.cat([x, rows, cols, (self.global_token + x.mean(0)).unsqueeze(0)])
+        tables = attention_tables(part, cfg.window, x.device)
         for block in self.blocks:
-            x = block(x, grid, coords, n_rows, n_cols)
+            x = block(x, tables)
         return self.ln_f(x[:nl])
 
     def forward(self, system: PoissonSystem) -> HMatrix:
