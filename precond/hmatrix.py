@@ -26,12 +26,13 @@ M positive definite. Padding cells (see partition.py) carry zeros in Q, so M on 
 cells is a principal submatrix of an SPD matrix.
 
 Applying M: the dense per-leaf operators [A_ii^-1 | Q | L^-T Q] depend only on the leaf's stencil,
-so they are built once per distinct leaf and gathered; the network's leaf correction K enters as a
-k x k mixing of the basis coordinates, and the coarse coefficients C are cached per grid shape, so
-one apply is a few batched GEMMs over the leaves (row vectors times per-leaf matrices), one over
-the clusters (F_c F_c^T), and one prefix sum over the leaves whose differences give every cluster's
-coarse coordinates at once (no loop over depths or clusters, no sparse indexing; the cell <-> leaf
-permutation is a transpose of the padded grid): O(N (L + k) + N/L * k r log(N/L)) flops. The coarse
+so they are built once per distinct leaf and applied by one batched GEMM over chunks of leaves that
+share one (see leaf_chunks); the network's leaf correction K enters as a k x k mixing of the basis
+coordinates, and the coarse coefficients C are cached per grid shape, so one apply is two batched
+GEMMs over the chunks, a few over the leaves (row vectors times per-leaf matrices), one over the
+clusters (F_c F_c^T), and one prefix sum over the leaves whose differences give every cluster's
+coarse coordinates at once (no loop over depths or clusters): O(N (L + k) + N/L * k r log(N/L))
+flops. The coarse
 Gram matrices come from the basis-level coupling Q^T A Q (k x k blocks between neighbouring leaves),
 all depths at once.
 """
@@ -359,8 +360,8 @@ class HMatrix:
     B's leaf blocks are L_i^-T + Q_i K_i Q_i^T: the analytic factor of the leaf's distinct stencil
     plus the network's correction; W_c = V_c F_c with F_c = sqrt(w) R_c T_c, R_c the Galerkin factor
     and T_c the network's cluster correction. `__post_init__` multiplies out, once per system, what
-    the apply needs (see `apply_leaf`), so an apply is six batched GEMMs over the leaves, one over the
-    clusters and one prefix-sum segment sum, whatever the network predicted.
+    the apply needs, so an apply is a fixed handful of batched products and one prefix-sum segment
+    sum, whatever the network predicted.
     """
 
     part: Partition
