@@ -415,7 +415,7 @@ class HMatrix:
         """W W^T on basis coordinates: y (nl, m, k) -> (nl, m, k). The coarse coordinates of every
         cluster are differences of one prefix sum over the leaves at the partition's cached cluster
         ends (no loop over depths or clusters), mapped by F_c F_c^T and spread back to the leaves.
-        (A float64 prefix sum gave the same PCG iterations on the benchmark systems.)"""
+        (In layout v3 a float64 prefix sum gave the same PCG iterations on the benchmark systems.)"""
         nl, m, _ = y.shape
         depth = self.part.depth
         if not depth:
