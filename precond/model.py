@@ -81,6 +81,7 @@ class AttentionTables:
     lets a leaf see only its own row's and column's buffers. Buffers (rows, then columns) read the
     leaves of their line, themselves and the global token, padded to one key count."""
 
+    grid: torch.Tensor          # (rows, cols) leaf index of every tile
     window: int                 # w, leaves per window
     window_keys: torch.Tensor   # (nl / w, Kw), the window's own leaves first
     window_mask: torch.Tensor   # (nl / w, 1, w, Kw) bool
@@ -114,7 +115,7 @@ def attention_tables(part: Partition, window: int, device: torch.device) -> Atte
         keys = torch.cat([line, torch.tensor([nl + b, glob])])
         buffer_keys[b, :keys.numel()] = keys
         buffer_mask[b, :keys.numel()] = True
-    return AttentionTables(w, window_keys.to(device), window_mask[:, None].to(device),
+    return AttentionTables(grid.to(device), w, window_keys.to(device), window_mask[:, None].to(device),
                            buffer_keys.to(device), buffer_mask[:, None, None].to(device))
 
 
@@ -220,16 +221,12 @@ class HTPModel(nn.Module):
         """Final leaf tokens (nl, d)."""
         cfg = self.cfg
         x = self.embed(self.features(part, an))
-        coords = part.leaf_coords().to(x.device)
-        n_cols, n_rows = part.tiles
-        grid = torch.empty(n_rows, n_cols, dtype=torch.long, device=x.device)
-        grid[coords[:, 1], coords[:, 0]] = torch.arange(part.n_leaves, device=x.device)
+        tables = attention_tables(part, cfg.window, x.device)
         nl = part.n_leaves
         if cfg.highways:
-            rows = self.row_token + x[grid].mean(1)
-            cols = self.col_token + x[grid.T].mean(1)
+            rows = self.row_token + x[tables.grid].mean(1)
+            cols = self.col_token + x[tables.grid.T].mean(1)
             x = torch.cat([x, rows, cols, (self.global_token + x.mean(0)).unsqueeze(0)])
-        tables = attention_tables(part, cfg.window, x.device)
         for block in self.blocks:
             x = block(x, tables)
         return self.ln_f(x[:nl])

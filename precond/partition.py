@@ -144,15 +144,6 @@ class Partition:
         of the depth-d cluster that contains the leaf."""
         return _leaf_clusters(self, torch.device(device))
 
-    def edge_depths(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Deepest depth at which each east / north edge lies inside one cluster, (nx, ny) each.
-
-        The edge from cell (i, j) to (i+1, j) (resp. (i, j+1)) joins two cells of the same
-        depth-d cluster exactly when d <= its entry (`depth` when both cells share a leaf);
-        entries without an edge (last column / top row) are -1.
-        """
-        return _edge_depths(self)
-
 
 @lru_cache(maxsize=64)
 def partition(nx: int, ny: int, leaf_size: int = 64) -> Partition:
@@ -218,26 +209,6 @@ def _cluster_geometry(p: Partition) -> torch.Tensor:
                                torch.full((1 << d, 1), float(p.axes[d])),
                                (lo == 0).double(), (hi >= tiles).double()], 1)[:, [0, 1, 2, 3, 4, 6, 5, 7]])
     return torch.cat(rows) if rows else torch.zeros(0, 8, dtype=torch.float64)
-
-
-@lru_cache(maxsize=64)
-def _edge_depths(p: Partition) -> tuple[torch.Tensor, torch.Tensor]:
-    leaf = torch.div(torch.arange(p.n_padded), p.leaf_size, rounding_mode="floor")
-    cell_leaf = p.from_leaf(leaf.double()).long().view(p.nx, p.ny)
-
-    def depth_of(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        diff = a ^ b
-        bits = torch.zeros_like(diff)
-        while bool((diff > 0).any()):
-            bits += (diff > 0).long()
-            diff = diff >> 1
-        return p.depth - bits
-
-    east = torch.full((p.nx, p.ny), -1, dtype=torch.long)
-    north = torch.full((p.nx, p.ny), -1, dtype=torch.long)
-    east[:-1] = depth_of(cell_leaf[:-1], cell_leaf[1:])
-    north[:, :-1] = depth_of(cell_leaf[:, :-1], cell_leaf[:, 1:])
-    return east, north
 
 
 @lru_cache(maxsize=64)
