@@ -32,9 +32,8 @@ coordinates, and the coarse coefficients C are cached per grid shape, so one app
 GEMMs over the chunks, a few over the leaves (row vectors times per-leaf matrices), one over the
 clusters (F_c F_c^T), and one prefix sum over the leaves whose differences give every cluster's
 coarse coordinates at once (no loop over depths or clusters): O(N (L + k) + N/L * k r log(N/L))
-flops. The coarse
-Gram matrices come from the basis-level coupling Q^T A Q (k x k blocks between neighbouring leaves),
-all depths at once.
+flops. The coarse Gram matrices come from the basis-level coupling Q^T A Q (k x k blocks between
+neighbouring leaves), all depths at once.
 """
 from __future__ import annotations
 
