@@ -311,14 +311,12 @@ def galerkin_factors(part: Partition, coupling: torch.Tensor, coarse: torch.Tens
 
 
 @lru_cache(maxsize=16)
-def coarse_layout(part: Partition, k: int, rank: int, dtype: torch.dtype,
-                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The coarse coefficients C of every leaf at every depth in the two layouts the apply multiplies
-    by, cached per grid: gather (nl, k, depth r) maps basis coordinates to coarse ones, spread
-    (nl, depth r, k) is its transpose."""
+def coarse_layout(part: Partition, k: int, rank: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The coarse coefficients C of every leaf at every depth as the apply multiplies by them, cached
+    per grid: (nl, k, depth r) maps basis coordinates to coarse ones; its transpose (a view: bmm
+    reads it as fast as a contiguous copy) maps them back."""
     sel = coarse_selection(part, k, rank)
-    gather = sel.permute(1, 2, 0, 3).reshape(part.n_leaves, k, -1).to(device, dtype)
-    return gather, gather.transpose(1, 2).contiguous()
+    return sel.permute(1, 2, 0, 3).reshape(part.n_leaves, k, -1).to(device, dtype)
 
 
 def _rows_times(x: torch.Tensor, mats: torch.Tensor) -> torch.Tensor:
@@ -397,7 +395,7 @@ class HMatrix:
         self.mix = torch.cat([torch.cat([kk @ (q.transpose(1, 2) @ q) @ kt, kk], -1),    # rows: x^T Q,
                               torch.cat([kt, torch.zeros_like(kk)], -1)], 1)              #       x^T P
         r = self.coarse.shape[-1]
-        self.gather, self.spread = coarse_layout(self.part, k, r, q.dtype, q.device)
+        self.gather = coarse_layout(self.part, k, r, q.dtype, q.device)
         f = torch.cat(self.coarse_factor) if self.coarse_factor else q.new_zeros(0, r, r)
         self.cluster_gram = f @ f.transpose(1, 2)
 
@@ -424,7 +422,7 @@ class HMatrix:
         ends = prefix.index_select(0, self.part.cluster_ends(y.device)).unflatten(0, (2, -1))
         c = _rows_times(ends[0] - ends[1], self.cluster_gram)                           # (clusters, m, r)
         u = c.index_select(0, self.part.leaf_clusters(y.device)).view(nl, depth, m, -1)
-        return u.transpose(1, 2).reshape(nl, m, -1) @ self.spread
+        return u.transpose(1, 2).reshape(nl, m, -1) @ self.gather.transpose(1, 2)
 
     # ------------------------------------------------------------------ the operator
     def apply(self, v: torch.Tensor) -> torch.Tensor:
