@@ -2,7 +2,7 @@
 
     python -m precond.bench [--sizes 1024 4096 8192 16384 65536] [--ratios 1 10 100 1000]
                             [--methods jacobi ic0 mgpcg ...] [--scene scenes/dambreak.yaml] [--frame 40]
-                            [--repeats 3] [--out bench_out] [--device cpu]
+                            [--repeats 3] [--out bench_out] [--device cpu] [--markdown PATH]
 
 For every N and density ratio it runs the scene headless to `--frame` (through the command
 line, as `precond` never imports the simulator), takes that frame's matrix, and solves it
@@ -13,7 +13,9 @@ i.e. factorisation or network inference, included): a slow spell of a shared mac
 all of them alike.
 `/jacobi` and `/mgpcg` give each solve time as a fraction of those solvers' on the same system.
 pyamg's smoothed-aggregation AMG is a CPU reference row. Writes `bench.csv` and
-`convergence.png` (residual against iteration at one N and ratio) to `--out`.
+`convergence.png` (residual against iteration at one N and ratio) to `--out`, and with
+`--markdown PATH` its tables in markdown for the README (iterations, solve times, HTP's time as a
+fraction of jacobi's and mgpcg's, the ablation table below), the machine and the date at the top.
 
 HTP ablations: when htp is among the methods and `--ablations DIR` (default assets/ablations;
 `--no-ablations` skips it) holds *.pt checkpoints, every system is also solved with each of
@@ -26,7 +28,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime
+import os
+import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -96,11 +102,10 @@ def interleaved(runs: dict[str, Callable[[], dict]], repeats: int) -> dict[str, 
                    "solve_ms": statistics.median(r["solve_ms"] for r in rs)} for name, rs in done.items()}
 
 
-def ablation_preconditioners(folder: Path, tmp: Path) -> dict:
+def ablation_preconditioners(folder: Path) -> dict:
     """name -> HTP preconditioner: the shipped checkpoint, the same network untrained (the analytic
     preconditioner) and every checkpoint in `folder`; one that cannot be used is said and skipped."""
-    from .htp import DEFAULT_CHECKPOINT, HTP
-    from .model import HTPConfig, HTPModel, save_checkpoint
+    from .htp import DEFAULT_CHECKPOINT, HTP, HTPConfig, HTPModel
 
     out = {}
     for name, path in {"shipped": DEFAULT_CHECKPOINT, **{p.stem: p for p in sorted(folder.glob("*.pt"))}}.items():
@@ -109,13 +114,13 @@ def ablation_preconditioners(folder: Path, tmp: Path) -> dict:
         except PreconditionerUnavailable as err:
             print(f"ablation {name}: unavailable: {err}")
     torch.manual_seed(0)
-    untrained = HTPModel(out["shipped"].model.cfg if "shipped" in out else HTPConfig())
-    save_checkpoint(tmp / "analytic.pt", untrained, {"config": {"loss": {"kind": "none"}}})
-    return {"analytic (untrained)": HTP(tmp / "analytic.pt"), **out}
+    untrained = HTPModel(out["shipped"].model.cfg if "shipped" in out else HTPConfig()).eval()
+    return {"analytic (untrained)": HTP.from_model(untrained, {"config": {"loss": {"kind": "none"}}}), **out}
 
 
-def ablation_table(precs: dict, its: dict[str, dict[str, tuple[int, bool]]], tol: float, path: Path) -> None:
-    """Print the iterations of every variant (rows) on every system (columns, "N/ratio") and write them as csv."""
+def ablation_table(precs: dict, its: dict[str, dict[str, tuple[int, bool]]], tol: float, path: Path) -> list[dict]:
+    """Print the iterations of every variant (rows) on every system (columns, "N/ratio"), write them as csv
+    and return the rows."""
     cols = list(next(iter(its.values())))
     width = max(map(len, precs))
     print(f"\nHTP ablations: PCG iterations to {tol:g} (* = not converged)")
@@ -134,6 +139,71 @@ def ablation_table(precs: dict, its: dict[str, dict[str, tuple[int, bool]]], tol
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+    return rows
+
+
+def machine(device: str) -> str:
+    """The CPU model, its core count, torch's version and threads, and a CUDA device if used."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = f", {torch.cuda.get_device_name(torch.device(device))}" if torch.device(device).type == "cuda" else ""
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads){gpu}"
+
+
+def _table(header: list[str], body: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header), *("| " + " | ".join(r) + " |" for r in body)]
+
+
+def markdown(rows: list[dict], ablations: list[dict], ablation_its: dict[str, dict[str, tuple[int, bool]]],
+             ratios: list[float], intro: str, device: str) -> str:
+    """The benchmark's tables in markdown: one row per N, each cell one value per density ratio."""
+    sizes = sorted({r["n"] for r in rows})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    at = {(r["n"], r["ratio"], r["method"]): r for r in rows}
+    per_ratio = "ratio " + " / ".join(f"{x:,g}" for x in ratios)
+    label = lambda n: f"{n:,} ({GRIDS[n][0]}x{GRIDS[n][1]})"
+
+    def per_ratio_cell(value: Callable[..., str], *key) -> str:
+        return " / ".join(value(*key, x) for x in ratios)
+
+    def iterations(n: int, method: str, x: float) -> str:
+        r = at.get((n, x, method))
+        return "-" if r is None else f"{r['iterations']:,}" + ("" if r["converged"] else "*")
+
+    def ms(n: int, method: str, x: float) -> str:
+        r = at.get((n, x, method))
+        return "-" if r is None else f"{r['solve_ms']:,.0f}" if r["solve_ms"] >= 100 else f"{r['solve_ms']:.1f}"
+
+    def htp_over(n: int, ref: str, x: float) -> str:
+        htp, other = at.get((n, x, "htp")), at.get((n, x, ref))
+        return "-" if htp is None or other is None else f"{htp['solve_ms'] / other['solve_ms']:.2f}"
+
+    def variant(name: str, n: int, x: float) -> str:
+        its, ok = ablation_its[name].get(f"{n}/{x:g}", (None, True))
+        return "-" if its is None else f"{its}" + ("" if ok else "*")
+
+    out = [f"Machine: {machine(device)}; {datetime.date.today().isoformat()}.", "", intro, "",
+           f"PCG iterations, {per_ratio} (* = not converged):", "",
+           *_table(["N", *methods], [[label(n), *(per_ratio_cell(iterations, n, m) for m in methods)] for n in sizes]),
+           "", f"Solve time in ms, setup included, {per_ratio}:", "",
+           *_table(["N", *methods], [[label(n), *(per_ratio_cell(ms, n, m) for m in methods)] for n in sizes])]
+    refs = [ref for ref in ("jacobi", "mgpcg") if ref in methods]
+    if "htp" in methods and refs:
+        whose = " and ".join(f"{ref}'s" for ref in refs)
+        out += ["", f"HTP's solve time as a fraction of {whose} (setup included), {per_ratio}:", "",
+                *_table(["N", *(f"htp / {ref}" for ref in refs)],
+                        [[label(n), *(per_ratio_cell(htp_over, n, ref) for ref in refs)] for n in sizes])]
+    if ablations:
+        out += ["", f"HTP variants, PCG iterations, {per_ratio} (* = not converged; mean over all systems):", "",
+                *_table(["variant", "loss", "highways", *(f"{n:,}" for n in sizes), "mean"],
+                        [[a["variant"], a["loss"], a["highways"],
+                          *(per_ratio_cell(variant, a["variant"], n) for n in sizes), f"{a['mean']:.1f}"]
+                         for a in ablations])]
+    return "\n".join(out) + "\n"
 
 
 def plot(histories: dict[str, list[float]], title: str, path: Path) -> None:
@@ -170,6 +240,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ablations", type=Path, default=REPO / "assets" / "ablations",
                    help="folder of HTP ablation checkpoints (*.pt) compared when htp is among the methods")
     p.add_argument("--no-ablations", action="store_true", help="skip the HTP ablation table")
+    p.add_argument("--markdown", type=Path, metavar="PATH",
+                   help="also write the tables as markdown (README-ready; machine and date at the top)")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -180,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     print("-" * len(header))
     with tempfile.TemporaryDirectory() as tmp:
         cache = args.cache or Path(tmp)
-        ablations = (ablation_preconditioners(args.ablations, Path(tmp)) if not args.no_ablations
+        ablations = (ablation_preconditioners(args.ablations) if not args.no_ablations
                      and "htp" in args.methods and any(args.ablations.glob("*.pt")) else {})
         ablation_its: dict[str, dict[str, tuple[int, bool]]] = {name: {} for name in ablations}
         for n in args.sizes:
@@ -219,10 +291,17 @@ def main(argv: list[str] | None = None) -> None:
     if histories:
         n, ratio = args.plot_at
         plot(histories, f"{args.scene.stem}, N={int(n)}, ratio {ratio:g}", args.out / "convergence.png")
-    if ablations:
-        ablation_table(ablations, ablation_its, args.tol, args.out / "ablations.csv")
+    ablation_rows = ablation_table(ablations, ablation_its, args.tol, args.out / "ablations.csv") if ablations else []
+    if args.markdown:
+        command = " ".join(["python -m precond.bench", *(argv if argv is not None else sys.argv[1:])])
+        intro = (f"`{command}`: {args.scene.stem} frame {args.frame}, random right-hand side (seed 0), relative "
+                 f"residual {args.tol:g}; after a warm-up solve the solvers take turns, one solve each per round, "
+                 f"{args.repeats} round{'s' if args.repeats > 1 else ''}, medians.")
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(markdown(rows, ablation_rows, ablation_its, args.ratios, intro, args.device))
     print(f"wrote {args.out / 'bench.csv'}" + (f" and {args.out / 'convergence.png'}" if histories else "")
-          + (f" and {args.out / 'ablations.csv'}" if ablations else ""))
+          + (f" and {args.out / 'ablations.csv'}" if ablations else "")
+          + (f" and {args.markdown}" if args.markdown else ""))
 
 
 if __name__ == "__main__":

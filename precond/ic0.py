@@ -20,7 +20,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
-from .system import PoissonSystem
+from .system import PoissonSystem, stencil_pattern
 
 
 def _wave_order(nx: int, ny: int, device: torch.device) -> tuple[torch.Tensor, list[tuple[int, int]]]:
@@ -63,8 +63,8 @@ class IC0:
         self.idx, self.waves = _wave_order(nx, ny, dev)
         pad = lambda: torch.zeros((nx + 2) * (ny + 2), dtype=dt, device=dev)
         cw, cs, d = pad(), pad(), pad()
-        cw.view(nx + 2, ny + 2)[2:nx + 1, 1:ny + 1] = system.cx[:-1]
-        cs.view(nx + 2, ny + 2)[1:nx + 1, 2:ny + 1] = system.cy[:, :-1]
+        cw.view(nx + 2, ny + 2)[1:nx + 1, 1:ny + 1] = system.west
+        cs.view(nx + 2, ny + 2)[1:nx + 1, 1:ny + 1] = system.south
         d.view(nx + 2, ny + 2)[1:nx + 1, 1:ny + 1] = system.diag
         self.cw, self.cs = cw[self.idx], cs[self.idx]             # in wave order
         inv_e = pad()
@@ -86,14 +86,11 @@ class IC0:
     @staticmethod
     def _factor(system: PoissonSystem, pivots: np.ndarray) -> spla.SuperLU:
         """SuperLU of E - W in cell order (lower triangular: west and south neighbours come first)."""
-        nx, ny = system.shape
-        k = np.arange(nx * ny).reshape(nx, ny)
-        cx, cy = system.cx.numpy(), system.cy.numpy()
-        rows = np.concatenate([k.ravel(), k[1:].ravel(), k[:, 1:].ravel()])
-        cols = np.concatenate([k.ravel(), k[:-1].ravel(), k[:, :-1].ravel()])
-        vals = np.concatenate([pivots, -cx[:-1].ravel(), -cy[:, :-1].ravel()])
-        lower = sp.csc_matrix((vals, (rows, cols)), shape=(nx * ny, nx * ny))
-        return spla.splu(lower, permc_spec="NATURAL", diag_pivot_thresh=0.0, options=dict(SymmetricMode=True))
+        rows, cols, slot, sign = stencil_pattern(*system.shape)
+        lower = rows >= cols
+        flat = np.concatenate([pivots, system.cx.numpy().ravel(), system.cy.numpy().ravel()])
+        factor = sp.csc_matrix(((flat[slot] * sign)[lower], (rows[lower], cols[lower])), shape=(system.n,) * 2)
+        return spla.splu(factor, permc_spec="NATURAL", diag_pivot_thresh=0.0, options=dict(SymmetricMode=True))
 
     def apply(self, r: torch.Tensor) -> torch.Tensor:
         if self._lu is not None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .hmatrix import HMatrix
+from .htp.hmatrix import HMatrix
 from .system import PoissonSystem
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .system import PoissonSystem
+from .system import PoissonSystem, stencil_pattern
 
 
 @dataclass(frozen=True)
@@ -53,15 +53,9 @@ def _torch_csr(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor
 
 
 def _stencil_pattern(nx: int, ny: int) -> tuple[sp.csr_matrix, np.ndarray]:
-    """CSR pattern of the 5-point stencil and, per entry, its slot in cat(diag, cx_e, cx_w, cy_n, cy_s)."""
+    """CSR pattern of the 5-point stencil and, per CSR entry, its (slot, sign) in cat(diag, cx, cy)."""
     n = nx * ny
-    k = np.arange(n).reshape(nx, ny)
-    rows = np.concatenate([k.ravel(), k[:-1].ravel(), k[1:].ravel(), k[:, :-1].ravel(), k[:, 1:].ravel()])
-    cols = np.concatenate([k.ravel(), k[1:].ravel(), k[:-1].ravel(), k[:, 1:].ravel(), k[:, :-1].ravel()])
-    # slots into the flat vector [diag (n) | cx (n) | cy (n)]: east/west both read cx[i], north/south cy[j]
-    slots = np.concatenate([k.ravel(), n + k[:-1].ravel(), n + k[:-1].ravel(),
-                            2 * n + k[:, :-1].ravel(), 2 * n + k[:, :-1].ravel()])
-    sign = np.concatenate([np.ones(n), -np.ones(len(rows) - n)])
+    rows, cols, slots, sign = stencil_pattern(nx, ny)
     a = sp.csr_matrix((np.arange(1, len(rows) + 1, dtype=np.float64), (rows, cols)), shape=(n, n))
     order = a.data.astype(np.int64) - 1  # CSR position -> original entry
     return a, np.stack([slots[order], sign[order]])

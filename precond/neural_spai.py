@@ -19,11 +19,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import pickle
 import sys
 import time
-import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +29,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .dataset import parse_grid, synthetic_sample
 from .solver import PreconditionerUnavailable
 from .system import PoissonSystem
@@ -50,12 +49,8 @@ def stencil_features(system: PoissonSystem) -> torch.Tensor:
     """(1, 7, nx, ny): couplings to E, W, N, S over diag, Dirichlet weight over diag, log diag (centred), 1."""
     d = system.diag
     safe = torch.where(d > 0, d, torch.ones_like(d))
-    west = torch.zeros_like(d)
-    south = torch.zeros_like(d)
-    west[1:] = system.cx[:-1]
-    south[:, 1:] = system.cy[:, :-1]
     logd = safe.log()
-    feats = [system.cx / safe, west / safe, system.cy / safe, south / safe, system.dirichlet() / safe,
+    feats = [system.cx / safe, system.west / safe, system.cy / safe, system.south / safe, system.dirichlet() / safe,
              (logd - logd.mean()) / 3.0, torch.ones_like(d)]
     return torch.stack(feats).unsqueeze(0)
 
@@ -83,11 +78,8 @@ class SPAINet(nn.Module):
         g = g + torch.tensor([1.0, 0, 0, 0, 0], dtype=dtype, device=g.device)[:, None, None]
         d = system.diag
         scale = torch.where(d > 0, d, torch.ones_like(d)).rsqrt()
-        west = torch.zeros_like(d, dtype=torch.bool)
-        south = torch.zeros_like(d, dtype=torch.bool)
-        west[1:] = system.cx[:-1] != 0
-        south[:, 1:] = system.cy[:, :-1] != 0
-        pattern = torch.stack([torch.ones_like(west), system.cx != 0, west, system.cy != 0, south])
+        pattern = torch.stack([torch.ones_like(d, dtype=torch.bool), system.cx != 0, system.west != 0,
+                               system.cy != 0, system.south != 0])
         return SparseFactor(g * pattern * scale, self.cfg.eps / float(d.max()))
 
 
@@ -162,20 +154,6 @@ def train_scale(grid: tuple[int, int], steps: int = 300, batch: int = 2, probes:
                  "seconds": time.time() - t0, "final_loss": loss_avg}
 
 
-def save(net: SPAINet, record: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"layout": LAYOUT, "config": asdict(net.cfg), "model": net.state_dict(), "record": record}, path)
-
-
-def load(path: Path) -> SPAINet:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("layout") != LAYOUT:
-        raise ValueError(f"{path}: not a {LAYOUT} checkpoint")
-    net = SPAINet(SPAIConfig(**ckpt["config"]))
-    net.load_state_dict(ckpt["model"])
-    return net.eval()
-
-
 class NeuralSPAI:
     """Preconditioner protocol: picks the checkpoint trained for the system's grid size."""
 
@@ -201,11 +179,8 @@ class NeuralSPAI:
             self.available, key=lambda g: abs(math.log(g[0] * g[1] / (grid[0] * grid[1]))))
         self.note = "" if key == grid else f"no checkpoint for {grid[0]}x{grid[1]}, using {key[0]}x{key[1]}'s"
         if key not in self.nets:
-            try:
-                self.nets[key] = load(self.available[key])
-            except (ValueError, RuntimeError, KeyError, TypeError, EOFError, OSError,
-                    pickle.UnpicklingError, zipfile.BadZipFile) as err:
-                raise PreconditionerUnavailable(f"neural_spai checkpoint {self.available[key]} cannot be used: {err}") from err
+            net, _ = load_checkpoint(self.available[key], LAYOUT, lambda cfg: SPAINet(SPAIConfig(**cfg)))
+            self.nets[key] = net.eval()
         return self.nets[key]
 
     def setup(self, system: PoissonSystem) -> None:
@@ -237,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     for grid in args.grids:
         net, record = train_scale(grid, args.steps, args.batch, args.probes, args.lr, args.seed)
         record["command"] = "python -m precond.neural_spai " + " ".join(argv if argv is not None else sys.argv[1:])
-        save(net, record, checkpoint_path(args.out, grid))
+        save_checkpoint(checkpoint_path(args.out, grid), LAYOUT, net, record)
         print(f"saved {checkpoint_path(args.out, grid)} ({record['seconds']:.0f} s, loss {record['final_loss']:.4f})")
 
 

@@ -48,16 +48,16 @@ class Solver:
     """Build once, solve many: `Solver("mgpcg").solve(system, b)` per frame.
 
     `precond`: a ready preconditioner to use instead of building `method`'s default one
-    (e.g. `Solver("htp", precond=HTP(checkpoint))`).
+    (e.g. `Solver("htp", precond=HTP("my_htp.pt"))`).
     """
 
     def __init__(self, method: str = "mgpcg", tol: float = 1e-6, maxiter: int | None = None,
-                 fallback: str | None = "mgpcg", check_every: int = 1, precond: Preconditioner | None = None) -> None:
+                 fallback: str | None = "mgpcg", precond: Preconditioner | None = None) -> None:
         if method not in _REGISTRY:
             raise ValueError(f"unknown solver {method!r}; expected one of: {', '.join(_REGISTRY)}")
         if not tol > 0:
             raise ValueError(f"tolerance must be > 0, got {tol}")
-        self.method, self.tol, self.maxiter, self.check_every = method, float(tol), maxiter, check_every
+        self.method, self.tol, self.maxiter = method, float(tol), maxiter
         self.fallback = fallback if fallback != method else None
         self._precond: Preconditioner | None = precond
         self._unavailable: str = ""
@@ -80,7 +80,7 @@ class Solver:
         if system.device.type == "cuda":
             torch.cuda.synchronize(system.device)
         t_setup = time.perf_counter() - t0
-        res = pcg(system, b, precond, self.tol, maxiter, x0, self.check_every)
+        res = pcg(system, b, precond, self.tol, maxiter, x0)
         res.setup_seconds = t_setup
         res.seconds += t_setup
         return res

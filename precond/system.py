@@ -13,11 +13,34 @@ vector; `project` removes those null-space components so solvers work on the ran
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.csgraph as csgraph
 import torch
+
+# A cell is grounded (touches a Dirichlet face) when its Dirichlet weight diag - sum(couplings)
+# exceeds this fraction of max |diag|: far above the round-off of that difference.
+NULL_TOL = 1e-10
+
+
+@lru_cache(maxsize=16)
+def stencil_pattern(nx: int, ny: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A's 5-point pattern on an (nx, ny) grid as COO (rows, cols, slot, sign), entries grouped as
+    self, east, west, north, south: entry e is sign[e] * flat[slot[e]] with flat = [diag | cx | cy]
+    (each flattened in cell order), so A's values are one gather of the stencil arrays."""
+    n = nx * ny
+    k = np.arange(n).reshape(nx, ny)
+    rows = np.concatenate([k.ravel(), k[:-1].ravel(), k[1:].ravel(), k[:, :-1].ravel(), k[:, 1:].ravel()])
+    cols = np.concatenate([k.ravel(), k[1:].ravel(), k[:-1].ravel(), k[:, 1:].ravel(), k[:, :-1].ravel()])
+    # east and west of a pair both read cx of its western cell, north and south cy of its southern one
+    slot = np.concatenate([k.ravel(), n + k[:-1].ravel(), n + k[:-1].ravel(),
+                           2 * n + k[:, :-1].ravel(), 2 * n + k[:, :-1].ravel()])
+    sign = np.concatenate([np.ones(n), -np.ones(len(rows) - n)])
+    for a in (rows, cols, slot, sign):
+        a.flags.writeable = False
+    return rows, cols, slot, sign
 
 
 @dataclass
@@ -27,7 +50,6 @@ class PoissonSystem:
     diag: torch.Tensor
     cx: torch.Tensor
     cy: torch.Tensor
-    null_tol: float = 1e-10
     _null: tuple[torch.Tensor | None, torch.Tensor] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -68,7 +90,22 @@ class PoissonSystem:
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "PoissonSystem":
         kw = dict(device=device, dtype=dtype)
-        return PoissonSystem(self.diag.to(**kw), self.cx.to(**kw), self.cy.to(**kw), self.null_tol)
+        return PoissonSystem(self.diag.to(**kw), self.cx.to(**kw), self.cy.to(**kw))
+
+    # ------------------------------------------------------------------ stencil
+    @property
+    def west(self) -> torch.Tensor:
+        """(nx, ny) coupling to the west neighbour: cx shifted one column east, 0 on the first column."""
+        w = torch.zeros_like(self.cx)
+        w[1:] = self.cx[:-1]
+        return w
+
+    @property
+    def south(self) -> torch.Tensor:
+        """(nx, ny) coupling to the south neighbour: cy shifted one row north, 0 on the bottom row."""
+        s = torch.zeros_like(self.cy)
+        s[:, 1:] = self.cy[:, :-1]
+        return s
 
     # ------------------------------------------------------------------ operator
     def matvec(self, p: torch.Tensor) -> torch.Tensor:
@@ -88,19 +125,14 @@ class PoissonSystem:
 
     def dirichlet(self) -> torch.Tensor:
         """diag minus the sum of the couplings: each cell's Dirichlet (or identity) weight."""
-        s = self.diag.clone()
-        s[:-1] -= self.cx[:-1]
-        s[1:] -= self.cx[:-1]
-        s[:, :-1] -= self.cy[:, :-1]
-        s[:, 1:] -= self.cy[:, :-1]
-        return s
+        return self.diag - self.cx - self.west - self.cy - self.south
 
     # ------------------------------------------------------------------ null space
     def _null_space(self) -> tuple[torch.Tensor | None, torch.Tensor] | None:
         """Label every cell with its floating component (no Dirichlet weight), or None if A is regular.
 
         The labels are None when the whole grid is one floating component (a closed box)."""
-        grounded_cell = self.dirichlet().abs().reshape(-1) > self.null_tol * self.diag.abs().max()
+        grounded_cell = self.dirichlet().abs().reshape(-1) > NULL_TOL * self.diag.abs().max()
         if bool(grounded_cell.all()):
             return None
         if bool((self.cx[:-1] > 0).all()) and bool((self.cy[:, :-1] > 0).all()):
@@ -149,16 +181,10 @@ class PoissonSystem:
 
     def to_csr(self) -> sp.csr_matrix:
         """A as scipy CSR in the cell order k = i * ny + j."""
-        nx, ny = self.shape
-        d = self.diag.detach().cpu().double().numpy().reshape(-1)
-        cx = self.cx.detach().cpu().double().numpy()
-        cy = self.cy.detach().cpu().double().numpy()
-        k = np.arange(nx * ny).reshape(nx, ny)
-        rows = [k.reshape(-1), k[:-1].reshape(-1), k[1:].reshape(-1), k[:, :-1].reshape(-1), k[:, 1:].reshape(-1)]
-        cols = [k.reshape(-1), k[1:].reshape(-1), k[:-1].reshape(-1), k[:, 1:].reshape(-1), k[:, :-1].reshape(-1)]
-        vals = [d, -cx[:-1].reshape(-1), -cx[:-1].reshape(-1), -cy[:, :-1].reshape(-1), -cy[:, :-1].reshape(-1)]
-        a = sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(nx * ny,) * 2)
-        a = a.tocsr()
+        rows, cols, slot, sign = stencil_pattern(*self.shape)
+        flat = torch.cat([self.diag.reshape(-1), self.cx.reshape(-1), self.cy.reshape(-1)])
+        vals = flat.detach().cpu().double().numpy()[slot] * sign
+        a = sp.coo_matrix((vals, (rows, cols)), shape=(self.n, self.n)).tocsr()
         a.eliminate_zeros()
         return a
 

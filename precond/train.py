@@ -31,10 +31,9 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from .dataset import Sample, load_dir, synthetic_sample
-from .jacobi import Jacobi
+from .htp import HTP, HTPConfig, HTPModel
 from .loss import LossConfig, make_probes, probe_loss
-from .model import HTPConfig, HTPModel, load_checkpoint, save_checkpoint
-from .pcg import pcg
+from .solver import Solver
 from .synthetic import dambreak_phi, random_phi, two_phase_system
 from .system import PoissonSystem
 
@@ -66,25 +65,10 @@ class Objective(nn.Module):
     def __init__(self, model: HTPModel, loss: LossConfig) -> None:
         super().__init__()
         self.model, self.loss = model, loss
+        self.htp = HTP.from_model(model)
 
     def forward(self, system: PoissonSystem, z: torch.Tensor) -> torch.Tensor:
-        return probe_loss(self.model(system), system, z, self.loss.kind, self.loss.cg_steps)
-
-
-class NetworkPreconditioner:
-    """A set-up HMatrix as a Preconditioner for pcg."""
-
-    name = "htp"
-
-    def __init__(self, model: HTPModel, system: PoissonSystem) -> None:
-        with torch.no_grad():
-            self.hm = model(system)
-
-    def setup(self, system: PoissonSystem) -> None:
-        pass
-
-    def apply(self, r: torch.Tensor) -> torch.Tensor:
-        return self.hm.apply(r).to(r.dtype)
+        return probe_loss(self.htp.operator(system), system, z, self.loss.kind, self.loss.cg_steps)
 
 
 def validation_set() -> list[Sample]:
@@ -100,19 +84,17 @@ def validation_set() -> list[Sample]:
 
 
 def pcg_iterations(model: HTPModel, samples: list[Sample], tol: float = 1e-6, maxiter: int = 2000) -> list[int]:
-    """PCG iterations with the network's preconditioner (maxiter when it does not converge)."""
+    """PCG iterations with the network's preconditioner (maxiter when it does not converge), on the
+    network's device."""
     model.eval()
+    device = model.embed.weight.device
+    solver = Solver("htp", tol=tol, maxiter=maxiter, fallback=None, precond=HTP.from_model(model))
     its = []
     for s in samples:
-        res = pcg(s.system, s.b, NetworkPreconditioner(model, s.system), tol=tol, maxiter=maxiter)
+        res = solver.solve(s.system.to(device=device), s.b.to(device))
         its.append(res.iterations if res.converged else maxiter)
     model.train()
     return its
-
-
-def _ready(precond: Jacobi, system: PoissonSystem) -> Jacobi:
-    precond.setup(system)
-    return precond
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -138,7 +120,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, init: str | Path | No
     world = dist.get_world_size() if distributed else 1
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)                      # same initial weights on every rank
-    model = load_checkpoint(init)[0] if init else HTPModel(cfg.model)
+    model = (HTP(init).model if init else HTPModel(cfg.model)).train()
     cfg.model = model.cfg
     model.to(device)
     objective = Objective(model, cfg.loss)
@@ -169,7 +151,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, init: str | Path | No
             if mean_its < best[0]:
                 best = (mean_its, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, step)
                 if out and cfg.keep == "best":
-                    save_checkpoint(out, model, {**record, "best_step": step, "val_mean": mean_its})
+                    HTP.from_model(model, {**record, "best_step": step, "val_mean": mean_its}).save(out)
         if step == cfg.steps:
             break
         for group in opt.param_groups:
@@ -240,8 +222,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.eval_every > 0:
         base = validation_set()
         record.update(final_val_iterations=pcg_iterations(model, base),
-                      val_jacobi=[pcg(s.system, s.b, _ready(Jacobi(), s.system), maxiter=5000).iterations for s in base])
-    save_checkpoint(args.out, model, record, half=args.half)
+                      val_jacobi=[Solver("jacobi", maxiter=5000, fallback=None).solve(s.system, s.b).iterations
+                                  for s in base])
+    HTP.from_model(model, record).save(args.out, half=args.half)
     if args.record:
         Path(args.record).write_text(json.dumps(record, indent=1, default=str) + "\n")
     print(f"saved {args.out}" + (f" (val PCG iterations {record['final_val_iterations']}, Jacobi {record['val_jacobi']})"

@@ -2,11 +2,12 @@
 import csv
 import math
 
+import pytest
 import torch
 
 from precond import bench
 from precond.dumps import save_system
-from precond.model import HTPConfig, HTPModel, load_checkpoint, save_checkpoint
+from precond.htp import HTP, HTPConfig, HTPModel
 from precond.synthetic import dambreak_phi, two_phase_system
 
 TINY = HTPConfig(d_model=32, n_layers=1, n_heads=2, head_hidden=32)
@@ -24,22 +25,24 @@ def _model(cfg=TINY, seed=0):
 
 def test_half_checkpoint_loads_as_float32_with_the_same_outputs(tmp_path):
     model = _model()
-    save_checkpoint(tmp_path / "full.pt", model, {})
-    save_checkpoint(tmp_path / "half.pt", model, {"note": "kept"}, half=True)
+    HTP.from_model(model).save(tmp_path / "full.pt")
+    HTP.from_model(model, {"note": "kept"}).save(tmp_path / "half.pt", half=True)
     stored = torch.load(tmp_path / "half.pt", weights_only=True)["model"]
     assert all(v.dtype == torch.float16 for v in stored.values())
     assert (tmp_path / "half.pt").stat().st_size < 0.6 * (tmp_path / "full.pt").stat().st_size
-    loaded, record = load_checkpoint(tmp_path / "half.pt")
+    htp = HTP(tmp_path / "half.pt")
+    loaded, record = htp.model, htp.record
     assert record == {"note": "kept"}
     for name, p in loaded.state_dict().items():   # float32 params holding exactly the float16-rounded weights
         assert p.dtype == torch.float32 and torch.equal(p, model.state_dict()[name].half().float()), name
     s = two_phase_system(dambreak_phi(32, 32), 100.0, True)
     r = torch.randn(s.n, dtype=torch.float64)
     with torch.no_grad():
-        want, got = model(s).apply(r), loaded(s).apply(r)
+        want, got = HTP.from_model(model).operator(s).apply(r), htp.operator(s).apply(r)
     assert got.dtype == want.dtype and torch.linalg.norm(got - want) < 1e-2 * torch.linalg.norm(want)
 
 
+@pytest.mark.slow
 def test_bench_writes_the_ablation_table(tmp_path, capsys):
     # the cached dump bench would otherwise ask the simulator for (a synthetic dam break, same format)
     cache = tmp_path / "cache" / "dambreak_32x32_r100"
@@ -47,12 +50,13 @@ def test_bench_writes_the_ablation_table(tmp_path, capsys):
     s = two_phase_system(dambreak_phi(32, 32), 100.0, True)
     save_system(cache / "frame_0040.npz", s, torch.zeros(s.n, dtype=torch.float64))
     ablations = tmp_path / "ablations"
-    save_checkpoint(ablations / "cosine.pt", _model(), {"config": {"loss": {"kind": "cosine"}}}, half=True)
-    save_checkpoint(ablations / "sai-no-highways.pt", _model(HTPConfig(**{**vars(TINY), "highways": False}), seed=1),
-                    {"config": {"loss": {"kind": "sai"}}})
+    HTP.from_model(_model(), {"config": {"loss": {"kind": "cosine"}}}).save(ablations / "cosine.pt", half=True)
+    HTP.from_model(_model(HTPConfig(**{**vars(TINY), "highways": False}), seed=1),
+                   {"config": {"loss": {"kind": "sai"}}}).save(ablations / "sai-no-highways.pt")
     out = tmp_path / "out"
     bench.main(["--sizes", "1024", "--ratios", "100", "--methods", "jacobi", "htp", "--ablations", str(ablations),
-                "--no-pyamg", "--repeats", "1", "--cache", str(tmp_path / "cache"), "--out", str(out)])
+                "--no-pyamg", "--repeats", "1", "--cache", str(tmp_path / "cache"), "--out", str(out),
+                "--markdown", str(out / "tables.md")])
     rows = {r["variant"]: r for r in csv.DictReader(open(out / "ablations.csv"))}
     assert set(rows) == {"analytic (untrained)", "shipped", "cosine", "sai-no-highways"}
     assert [(rows[v]["loss"], rows[v]["highways"]) for v in ("analytic (untrained)", "cosine", "sai-no-highways")] \
@@ -64,6 +68,14 @@ def test_bench_writes_the_ablation_table(tmp_path, capsys):
     # the shipped row is the same solve as the main table's htp row
     htp = next(r for r in csv.DictReader(open(out / "bench.csv")) if r["method"] == "htp")
     assert rows["shipped"]["1024/100"] == htp["iterations"]
+    # the markdown tables: machine and date once at the top, the same figures as the csv files
+    md = (out / "tables.md").read_text()
+    assert md.startswith("Machine: ") and f"torch {torch.__version__}" in md and md.count("Machine: ") == 1
+    jacobi = next(r for r in csv.DictReader(open(out / "bench.csv")) if r["method"] == "jacobi")
+    assert "| N | jacobi | htp |" in md and f"| 1,024 (32x32) | {jacobi['iterations']} | {htp['iterations']} |" in md
+    assert f"| 1,024 (32x32) | {float(htp['solve_ms']) / float(jacobi['solve_ms']):.2f} |" in md   # htp / jacobi
+    assert "| variant | loss | highways | 1,024 | mean |" in md
+    assert f"| sai-no-highways | sai | off | {rows['sai-no-highways']['1024/100']} |" in md
     # --no-ablations: no table
     bench.main(["--sizes", "1024", "--ratios", "100", "--methods", "htp", "--ablations", str(ablations),
                 "--no-ablations", "--no-pyamg", "--repeats", "1", "--cache", str(tmp_path / "cache"),

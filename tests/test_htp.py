@@ -13,15 +13,15 @@ from precond import PoissonSystem, PreconditionerUnavailable, Solver
 from precond.dataset import load_dir, synthetic_sample
 from precond.dataset import main as dataset_main
 from precond.dumps import REPO
-from precond.hmatrix import HMatrix, coarse_selection
-from precond.htp import HTP
+from precond.htp import HTP, LAYOUT, HTPConfig, HTPModel
+from precond.htp.analytic import Analytic, harmonic_sources, leaf_matrices, leaf_stencil
+from precond.htp.coarse import coarse_space
+from precond.htp.partition import partition
 from precond.loss import LossConfig, make_probes, probe_loss
-from precond.model import HTPConfig, HTPModel
 from precond.neural_spai import NeuralSPAI, SPAIConfig, SPAINet
-from precond.partition import partition
 from precond.pcg import pcg
 from precond.synthetic import dambreak_phi, random_phi, two_phase_system
-from precond.train import TrainConfig, NetworkPreconditioner, train
+from precond.train import TrainConfig, train
 
 TINY = HTPConfig(d_model=32, n_layers=1, n_heads=2, head_hidden=32)
 
@@ -41,6 +41,12 @@ def _random_model(cfg=TINY, seed=0):
     return model
 
 
+def _operator(model, system):
+    """The H-matrix M the preconditioner of `model` builds for `system`."""
+    with torch.no_grad():
+        return HTP.from_model(model).operator(system)
+
+
 # ---------------------------------------------------------------------------- partition
 @pytest.mark.parametrize("grid", [(96, 96), (200, 100), (33, 17), (32, 32)])
 def test_partition_covers_every_cell_once(grid):
@@ -51,7 +57,6 @@ def test_partition_covers_every_cell_once(grid):
     v = torch.randn(3, p.n, dtype=torch.float64)
     leaf = p.to_leaf(v)
     assert torch.equal(leaf[:, idx >= 0], v[:, real]) and float(leaf[:, idx < 0].abs().sum()) == 0.0
-    assert torch.equal(p.from_leaf(leaf), v)
     # every depth's clusters are contiguous, equal slices whose tiles form one rectangle
     coords = p.leaf_coords()
     for d in range(p.depth + 1):
@@ -67,44 +72,65 @@ def test_bisection_splits_the_longer_side():
 
 
 # ---------------------------------------------------------------------------- H-matrix operator
-def _dense_reference(hm: HMatrix) -> torch.Tensor:
-    """M = G G^T + eps I built block by block with Python loops (cell order)."""
-    p = hm.part
-    nl, size, depth = p.n_leaves, p.leaf_size, p.depth
-    q = hm.basis
-    g = torch.zeros(p.n_padded, p.n_padded, dtype=q.dtype)
-    cols = []
-    leaf = hm.leaf()
-    for i in range(nl):
-        g[i * size:(i + 1) * size, i * size:(i + 1) * size] = leaf[i]
-    for d in range(depth):
-        per = nl >> d
+def _leaf_cells(p, i):
+    """Cell indices (cell order) of leaf i's real cells, and their positions inside the leaf."""
+    idx = p.cell_index()[i * p.leaf_size:(i + 1) * p.leaf_size]
+    return idx[idx >= 0], torch.nonzero(idx >= 0).squeeze(1)
+
+
+def _cluster_functions(p, space, basis, d, c):
+    """V_c = [Q_i C_i]_{i in c} of cluster c at depth d as an (n, r) matrix in cell order."""
+    per = p.n_leaves >> d
+    v = torch.zeros(p.n, space.rank, dtype=torch.float64)
+    for i in range(c * per, (c + 1) * per):
+        cells, inside = _leaf_cells(p, i)
+        v[cells] = (basis[i] @ space.prolongation[d, i].to(basis.dtype))[inside]
+    return v
+
+
+def _dense_reference(system, model, jitter=1e-6):
+    """M = G G^T + eps I from its definition, block by block with Python loops (cell order):
+    B_i = L_i^-T + g_i Q_i K_i Q_i^T with A_ii (1 + jitter on the diagonal) = L_i L_i^T, and
+    W_c = V_c sqrt(w) R_c (I + X_c), for the network's outputs K, X and the analytic R_c."""
+    cfg = model.cfg
+    p = partition(system.nx, system.ny, cfg.leaf_size)
+    space = coarse_space(p, cfg.segments, cfg.rank)
+    an = Analytic.build(system, space, torch.float64)
+    with torch.no_grad():
+        k, x = model(p, an.stencil)
+    chol = torch.linalg.cholesky(leaf_matrices(an.stencil, p, jitter))
+    g = torch.zeros(p.n, p.n, dtype=torch.float64)
+    for i in range(p.n_leaves):
+        cells, inside = _leaf_cells(p, i)
+        q = an.basis[i]
+        block = torch.linalg.inv(chol[i]).T + an.scale[i] * q @ k[i] @ q.T
+        g[cells[:, None], cells] = block[inside][:, inside]
+    cols, first = [], 0
+    for d in range(p.depth):
         for c in range(1 << d):
-            w = torch.zeros(p.n_padded, hm.coarse.shape[-1], dtype=q.dtype)
-            vc = torch.cat([q[i] @ hm.coarse[d, i] for i in range(c * per, (c + 1) * per)])
-            w[c * per * size:(c + 1) * per * size] = vc @ hm.coarse_factor[d][c]
-            cols.append(w)
+            f = cfg.level_weight ** 0.5 * an.galerkin[d][c] @ (torch.eye(cfg.rank, dtype=torch.float64) + x[first + c])
+            cols.append(_cluster_functions(p, space, an.basis, d, c) @ f)
+        first += 1 << d
     full = torch.cat([g, *cols], 1)
-    m = full @ full.T + hm.eps * torch.eye(p.n_padded, dtype=q.dtype)
-    pos = p.cell_position()
-    return m[pos][:, pos]
+    return full @ full.T + cfg.eps / float(system.diag.max()) * torch.eye(p.n, dtype=torch.float64)
 
 
 @pytest.mark.parametrize("grid,ratio", [((32, 16), 1000.0), ((33, 17), 1000.0), ((8, 8), 1000.0), ((48, 40), 1.0)])
 def test_batched_apply_matches_dense(grid, ratio):
     """(48, 40) at ratio 1: most leaves share one distinct leaf, so chunks of equal leaves fill up."""
     s = _system(*grid, ratio=ratio, seed=3)
+    model = _random_model()
+    hm = _operator(model, s)
     with torch.no_grad():
-        hm = _random_model()(s)
         dense = hm.to_dense()
-        assert torch.allclose(dense, _dense_reference(hm), rtol=1e-10, atol=1e-12 * float(dense.abs().max()))
+        assert torch.allclose(dense, _dense_reference(s, model), rtol=1e-10, atol=1e-12 * float(dense.abs().max()))
         v = torch.randn(5, s.n, dtype=torch.float64)
         assert torch.allclose(hm.apply(v), v @ dense.T, rtol=1e-10, atol=1e-12 * float(dense.abs().max()))
         assert torch.allclose(hm.apply(v[0]), dense @ v[0], rtol=1e-10, atol=1e-12 * float(dense.abs().max()))
 
 
 def test_leaf_chunks_hold_only_equal_leaves():
-    from precond.hmatrix import CHUNK, leaf_chunks
+    from precond.htp.hmatrix import CHUNK, leaf_chunks
     g = torch.Generator().manual_seed(4)
     index = torch.cat([torch.zeros(40, dtype=torch.long), torch.arange(1, 6), torch.full((17,), 6)])
     index = index[torch.randperm(index.numel(), generator=g)]
@@ -119,17 +145,12 @@ def test_coarse_levels_are_weighted_galerkin_inverses():
     the cluster head's T_c moves F_c = sqrt(w) R_c T_c and nothing else."""
     s = _system(32, 32, seed=1)
     torch.manual_seed(0)
-    with torch.no_grad():
-        hm = HTPModel(TINY).double()(s)
-        moved = _random_model()(s)
+    hm = _operator(HTPModel(TINY).double(), s)
+    moved = _operator(_random_model(), s)
     p = hm.part
     a = torch.as_tensor(s.to_csr().toarray())
     d, c = 1, 1                                   # second cluster of depth 1
-    per = p.n_leaves >> d
-    v_leaf = torch.zeros(p.n_padded, hm.coarse.shape[-1], dtype=torch.float64)
-    v_leaf[c * per * p.leaf_size:(c + 1) * per * p.leaf_size] = torch.cat(
-        [hm.basis[i] @ hm.coarse[d, i] for i in range(c * per, (c + 1) * per)])
-    v = p.from_leaf(v_leaf.T).T                   # (n, r) in cell order, supported on the cluster
+    v = _cluster_functions(p, hm.space, hm.basis, d, c)   # (n, r) in cell order, supported on the cluster
     inside = v.abs().sum(1) > 0
     a_cc = a[inside][:, inside]
     gram = v[inside].T @ a_cc @ v[inside]
@@ -138,7 +159,7 @@ def test_coarse_levels_are_weighted_galerkin_inverses():
     jittered = gram + torch.diag(1e-3 * gram.diagonal() + 1e-8 * gram.diagonal().mean())
     assert torch.allclose(rrt @ jittered, TINY.level_weight * eye, atol=1e-8)
     assert not torch.allclose(moved.coarse_factor[d][c], hm.coarse_factor[d][c])
-    assert torch.equal(moved.coarse, hm.coarse)
+    assert torch.equal(moved.space.prolongation, hm.space.prolongation)
 
 
 @pytest.mark.parametrize("grid", [(64, 64), (200, 100), (33, 17)])
@@ -148,7 +169,7 @@ def test_coarse_functions_are_continuous_and_vanish_on_cluster_boundaries(grid):
     of fewer than rank / 2 leaves use each leaf's own responses in place of area hats.)"""
     p = partition(*grid, 64)
     seg = TINY.segments
-    sel = coarse_selection(p, TINY.k, TINY.rank)                 # (depth, nl, k, r)
+    sel = coarse_space(p, TINY.segments, TINY.rank).prolongation   # (depth, nl, nb, r)
     coords = p.leaf_coords()
     where = {tuple(c): i for i, c in enumerate(coords.tolist())}
     pieces = lambda side: slice(side * seg, (side + 1) * seg)   # W, E, S, N
@@ -174,7 +195,7 @@ def test_coarse_functions_are_continuous_and_vanish_on_cluster_boundaries(grid):
 def test_distinct_rows_matches_unique():
     """Leaves with equal stencil data share one factorisation: the fast search finds exactly the
     groups torch.unique(dim=0) finds, and every row is its distinct row."""
-    from precond.hmatrix import distinct_rows
+    from precond.htp.analytic import distinct_rows
     g = torch.Generator().manual_seed(1)
     base = torch.randn(7, 40, generator=g, dtype=torch.float64)
     rows = base[torch.randint(0, 7, (200,), generator=g)]
@@ -189,7 +210,7 @@ def test_m_is_spd_for_random_weights(grid, ratio, open_top):
     s = _system(*grid, ratio=ratio, seed=7, open_top=open_top)
     for seed in range(2):
         with torch.no_grad():
-            m = _random_model(seed=seed)(s).to_dense()
+            m = _operator(_random_model(seed=seed), s).to_dense()
         assert torch.allclose(m, m.T, atol=1e-12 * float(m.abs().max()))
         assert float(torch.linalg.eigvalsh(m).min()) > 0
 
@@ -205,21 +226,59 @@ def test_float32_network_on_a_closed_box_with_a_near_null_coarse_function():
     sample = synthetic_sample(rng)
     assert sample.system.shape == (256, 256) and sample.source == "random-closed"
     torch.manual_seed(0)
-    with torch.no_grad():
-        hm = HTPModel(TINY)(sample.system)
+    hm = _operator(HTPModel(TINY), sample.system)
     assert hm.dtype == torch.float32 and all(bool(torch.isfinite(f).all()) for f in hm.coarse_factor)
 
 
-def test_untrained_network_is_the_analytic_preconditioner():
-    """Zero last layers: block-Jacobi leaves plus Galerkin levels, already far ahead of Jacobi and IC(0)."""
+def _analytic_reference(s, cfg, v, jitter=1e-6, galerkin_jitter=1e-3):
+    """M v of the analytic preconditioner from its definition, cluster by cluster: the block-Jacobi inverse
+    (leaf blocks of A, diagonal times 1 + jitter) plus w V_c (V_c^T A V_c + J_c)^-1 V_c^T for every
+    inner cluster, V_c the cluster's coarse functions on the harmonic basis Q_i = A_ii^-1 E_i, plus eps v."""
+    p = partition(s.nx, s.ny, cfg.leaf_size)
+    space = coarse_space(p, cfg.segments, cfg.rank)
+    a = s.to_csr()
+    stencil = leaf_stencil(s, p)
+    blocks = leaf_matrices(stencil, p, jitter)
+    sources = harmonic_sources(stencil, p, cfg.segments)
+    out = cfg.eps / float(s.diag.max()) * v
+    basis = torch.linalg.solve(blocks, sources)                         # (nl, L, nb)
+    for i in range(p.n_leaves):
+        cells, inside = _leaf_cells(p, i)
+        out[:, cells] += torch.linalg.solve(blocks[i][inside][:, inside], v[:, cells].T).T
+    for d in range(p.depth):
+        for c in range(1 << d):
+            vc = _cluster_functions(p, space, basis, d, c)
+            if not vc.any():                                            # a cluster of padding only
+                continue
+            gram = vc.T @ torch.as_tensor(a @ vc.numpy())
+            gram = gram + torch.diag(galerkin_jitter * gram.diagonal() + 1e-8 * gram.diagonal().mean())
+            out += cfg.level_weight * (v @ vc) @ torch.linalg.solve(gram, vc.T)
+    return out
+
+
+@pytest.mark.parametrize("grid,ratio,open_top", [((64, 64), 1000.0, True), ((33, 17), 100.0, False)])
+def test_untrained_network_is_the_analytic_preconditioner(grid, ratio, open_top):
+    """Zero last layers: M is block-Jacobi leaves plus Galerkin coarse levels, as applied to vectors."""
+    s = _system(*grid, ratio=ratio, seed=2, open_top=open_top)
+    torch.manual_seed(0)
+    cfg = HTPConfig()
+    v = torch.randn(3, s.n, dtype=torch.float64)
+    want = _analytic_reference(s, cfg, v)
+    untrained = _operator(HTPModel(cfg).double(), s)                  # float64: compare to float64 round-off
+    assert torch.linalg.norm(untrained.apply(v) - want) < 1e-9 * torch.linalg.norm(want)
+    shipped_dtype = _operator(HTPModel(cfg), s)                       # float32, as HTP runs
+    assert torch.linalg.norm(shipped_dtype.apply(v).double() - want) < 1e-5 * torch.linalg.norm(want)
+
+
+def test_analytic_preconditioner_is_far_ahead_of_jacobi_and_ic0():
     s = _system(64, 64, seed=2)
     torch.manual_seed(0)
-    model = HTPModel(HTPConfig())
+    analytic = HTP.from_model(HTPModel(HTPConfig()))
     b = torch.randn(s.n, dtype=torch.float64)
-    analytic = pcg(s, b, NetworkPreconditioner(model, s))
-    assert analytic.converged
-    assert analytic.iterations * 4 < Solver("jacobi", fallback=None).solve(s, b).iterations
-    assert analytic.iterations < Solver("ic0", fallback=None).solve(s, b).iterations
+    res = Solver("htp", fallback=None, precond=analytic).solve(s, b)
+    assert res.converged
+    assert res.iterations * 4 < Solver("jacobi", fallback=None).solve(s, b).iterations
+    assert res.iterations < Solver("ic0", fallback=None).solve(s, b).iterations
 
 
 # ---------------------------------------------------------------------------- data and training
@@ -243,8 +302,7 @@ def test_a_few_training_steps_lower_the_loss(tmp_path):
     probes = [make_probes(x.system, lcfg, torch.Generator().manual_seed(9)) for x in samples]
 
     def loss(model):
-        with torch.no_grad():
-            return sum(float(probe_loss(model(x.system), x.system, z)) for x, z in zip(samples, probes))
+        return sum(float(probe_loss(_operator(model, x.system), x.system, z)) for x, z in zip(samples, probes))
 
     torch.manual_seed(0)
     before = loss(HTPModel(TINY))
@@ -253,17 +311,30 @@ def test_a_few_training_steps_lower_the_loss(tmp_path):
     assert loss(model) < 0.97 * before
 
 
+def test_training_step_after_a_solve_on_the_same_grid():
+    """A solve's set-up (inference mode) is the first to build this grid's cached tables; training
+    on the grid afterwards still differentiates through them."""
+    s = _system(40, 56, ratio=10.0, seed=8)                        # a shape no other test uses
+    model = _random_model().float()
+    HTP.from_model(model).setup(s)
+    z = make_probes(s, LossConfig(probes=4), torch.Generator().manual_seed(0))
+    probe_loss(HTP.from_model(model).operator(s), s, z).backward()
+    assert model.leaf_head.weight.grad is not None and bool(torch.isfinite(model.leaf_head.weight.grad).all())
+
+
 def test_pcg_loss_is_the_solver_residual():
     """The unrolled PCG loss is log(||r_k|| / ||b||) of precond.pcg with the same M."""
     s = _system(24, 16, ratio=100.0, seed=6)
     model = _random_model()
     b = torch.randn(1, s.n, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        loss = float(probe_loss(model(s), s, b, "pcg", cg_steps=5))
-        res = pcg(s, b[0], NetworkPreconditioner(model, s), tol=1e-14, maxiter=5)
+    loss = float(probe_loss(_operator(model, s), s, b, "pcg", cg_steps=5))
+    htp = HTP.from_model(model)
+    htp.setup(s)
+    res = pcg(s, b[0], htp, tol=1e-14, maxiter=5)
     assert abs(loss - np.log(res.history[5])) < 1e-8
 
 
+@pytest.mark.slow
 def test_ddp_two_processes(tmp_path):
     data = tmp_path / "data"
     dataset_main(["--out", str(data), "--count", "2", "--grids", "32x32"])
@@ -318,18 +389,38 @@ def test_shipped_checkpoint_solves_and_matches_spsolve(name, system):
     assert res.iterations * 2 < jac.iterations, name
 
 
-def test_shipped_checkpoint_loads_with_weights_only():
-    ckpt = torch.load(REPO / "assets" / "htp.pt", weights_only=True)
-    assert ckpt["layout"] and HTPConfig.from_dict(ckpt["config"])
-    assert (REPO / "assets" / "htp.pt").stat().st_size < 8e6
+def test_shipped_checkpoint_loads_with_weights_only(monkeypatch):
+    """The file holds only tensors and plain containers, its weights fit the network exactly, HTP()
+    reads it with weights_only=True, and the weights make a working, trained preconditioner."""
+    path = REPO / "assets" / "htp.pt"
+    assert path.stat().st_size < 8e6
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["layout"] == LAYOUT
+    model = HTPModel(HTPConfig.from_dict(ckpt["config"]))
+    model.load_state_dict(ckpt["model"])                             # strict: every name and shape
+    calls = []
+    load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: calls.append(kw.get("weights_only")) or load(*a, **kw))
+    shipped = HTP(path)
+    assert calls == [True]
+    for name, p in shipped.model.state_dict().items():
+        assert torch.equal(p, model.state_dict()[name]), name
+    s = _system(48, 48, ratio=100.0, seed=11)
+    b = torch.randn(s.n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    res = Solver("htp", fallback=None, precond=shipped).solve(s, b)
+    torch.manual_seed(0)
+    untrained = Solver("htp", fallback=None, precond=HTP.from_model(HTPModel(shipped.model.cfg))).solve(s, b)
+    assert res.converged and res.iterations < untrained.iterations
 
 
 # ---------------------------------------------------------------------------- fallback
-@pytest.mark.parametrize("content", [None, b"not a checkpoint", "other-layout"])
+@pytest.mark.parametrize("content", [None, b"not a checkpoint", "other-layout", "other-weights"])
 def test_bad_checkpoint_is_unavailable_and_solver_falls_back(tmp_path, monkeypatch, content):
     path = tmp_path / "htp.pt"
     if content == "other-layout":
         torch.save({"layout": "something-else", "config": {}, "model": {}}, path)
+    elif content == "other-weights":
+        torch.save({"layout": LAYOUT, "config": {}, "model": {"embed.weight": torch.zeros(3)}}, path)
     elif content is not None:
         path.write_bytes(content)
     with pytest.raises(PreconditionerUnavailable, match="htp.pt"):

@@ -40,6 +40,15 @@ def test_csr_export_matches_stencil_apply():
     assert np.allclose(s.matvec(v).numpy(), (a @ v.numpy().T).T)
 
 
+def test_west_and_south_are_the_couplings_across_those_faces():
+    s = _system(9, 7, 100.0, seed=2)
+    a = s.to_csr().toarray()
+    k = np.arange(s.n).reshape(9, 7)
+    assert np.array_equal(s.west.numpy()[1:], -a[k[1:], k[:-1]]) and not s.west[0].any()
+    assert np.array_equal(s.south.numpy()[:, 1:], -a[k[:, 1:], k[:, :-1]]) and not s.south[:, 0].any()
+    assert np.allclose(s.dirichlet().numpy().reshape(-1), a.sum(1), rtol=0, atol=1e-14)
+
+
 def test_from_csr_round_trip_and_rejects_non_stencil():
     s = _system(10, 7, 10.0, seed=1)
     a = s.to_csr()

@@ -1,4 +1,4 @@
-"""The HTP network: one transformer over leaf tokens that writes the H-matrix's corrections.
+"""The HTP network: a transformer over leaf tokens whose heads write the corrections of M.
 
 Tokens. One per leaf (L cells of the cluster tree, see partition.py), embedded from its
 cells' scale-free stencil data (couplings over diag, Dirichlet weight over diag, log diag
@@ -22,20 +22,14 @@ Galerkin coarse levels.
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import asdict, dataclass, fields
-from functools import lru_cache
-from pathlib import Path
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .hmatrix import Analytic, HMatrix, assemble
-from .partition import Partition, partition
-from .system import PoissonSystem
+from .partition import Partition, shape_cache
 
-LAYOUT = "htp-hmatrix-v4"   # bump when the meaning of the weights changes
 CELL_FEATURES = 8
 LEAF_FEATURES = 11
 GEO_FEATURES = 8
@@ -48,7 +42,7 @@ class HTPConfig:
 
     leaf_size: int = 64        # cells per leaf (8 x 8 tiles)
     rank: int = 16             # r: far-field rank per sibling block and coarse functions per cluster
-    segments: int = 2          # harmonic basis: pieces per leaf side, k = 4 * segments vectors per leaf
+    segments: int = 2          # harmonic basis: pieces per leaf side, 4 * segments vectors per leaf
     d_model: int = 96
     n_layers: int = 4
     n_heads: int = 4
@@ -60,7 +54,8 @@ class HTPConfig:
     eps: float = 1e-4          # M += eps / max(diag) I
 
     @property
-    def k(self) -> int:
+    def basis_size(self) -> int:
+        """nb: harmonic basis vectors per leaf."""
         return 4 * self.segments
 
     @classmethod
@@ -70,6 +65,32 @@ class HTPConfig:
         if unknown:
             raise ValueError(f"unknown HTP config keys {sorted(unknown)}")
         return cls(**d)
+
+
+def leaf_features(part: Partition, stencil: torch.Tensor) -> torch.Tensor:
+    """(nl, CELL_FEATURES * L + LEAF_FEATURES) scale-free token inputs from the leaf-order stencil
+    data (analytic.FIELDS: diag, east, west, north, south, real)."""
+    diag, east, west, north, south, real = stencil
+    live = (real > 0) & (diag > 0)
+    safe = torch.where(live, diag, torch.ones_like(diag))
+    logd = torch.where(live, safe.log(), torch.zeros_like(diag))
+    count = live.sum(1).clamp_min(1)
+    leaf_mean = logd.sum(1) / count
+    grid_mean = logd.sum() / live.sum().clamp_min(1)
+    dirichlet = (diag - east - west - north - south) / safe
+    cells = torch.stack([east / safe, west / safe, north / safe, south / safe, dirichlet,
+                         (logd - leaf_mean[:, None]) * live, (logd - grid_mean) / 3.0 * live, real], -1)
+    coords = part.leaf_coords().to(diag.device).to(diag.dtype)
+    tiles_x = part.nx / part.tx
+    tiles_y = part.ny / part.ty
+    cx, cy = (coords[:, 0] + 0.5) / tiles_x, (coords[:, 1] + 0.5) / tiles_y
+    spread = torch.sqrt(((logd - leaf_mean[:, None]) ** 2 * live).sum(1) / count)
+    ones = torch.ones_like(cx)
+    leaf = torch.stack([(leaf_mean - grid_mean) / 3.0, spread, real.mean(1), cx, cy,
+                        math.log2(tiles_x) / 6.0 * ones, math.log2(tiles_y) / 6.0 * ones,
+                        (coords[:, 0] == 0).to(cx.dtype), (coords[:, 0] + 1 >= tiles_x).to(cx.dtype),
+                        (coords[:, 1] == 0).to(cx.dtype), (coords[:, 1] + 1 >= tiles_y).to(cx.dtype)], -1)
+    return torch.cat([cells.reshape(part.n_leaves, -1), leaf], -1)
 
 
 @dataclass(frozen=True)
@@ -89,7 +110,7 @@ class AttentionTables:
     buffer_mask: torch.Tensor   # (rows + cols, 1, 1, Kb) bool
 
 
-@lru_cache(maxsize=64)
+@shape_cache()
 def attention_tables(part: Partition, window: int, device: torch.device) -> AttentionTables:
     nl = part.n_leaves
     n_cols, n_rows = part.tiles
@@ -162,12 +183,14 @@ class Block(nn.Module):
 
 
 class HTPModel(nn.Module):
-    """System -> HMatrix. `forward(system)` runs the network once (float32) and assembles M."""
+    """The network: (partition, leaf-order stencil data) -> the corrections of M's leaf blocks and
+    of its clusters' far-field factors (see hmatrix.py); the preconditioner (preconditioner.py)
+    builds M from them."""
 
     def __init__(self, cfg: HTPConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        d, k, r = cfg.d_model, cfg.k, cfg.rank
+        d, nb, r = cfg.d_model, cfg.basis_size, cfg.rank
         self.embed = nn.Linear(CELL_FEATURES * cfg.leaf_size + LEAF_FEATURES, d)
         if cfg.highways:
             self.row_token = nn.Parameter(0.02 * torch.randn(d))
@@ -175,7 +198,7 @@ class HTPModel(nn.Module):
             self.global_token = nn.Parameter(0.02 * torch.randn(d))
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
         self.ln_f = nn.LayerNorm(d)
-        self.leaf_head = nn.Linear(d, k * k)
+        self.leaf_head = nn.Linear(d, nb * nb)
         self.ctx = nn.Linear(2 * d, d)
         self.geo = nn.Linear(GEO_FEATURES, d)
         self.cluster_head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, cfg.head_hidden), nn.GELU(),
@@ -191,84 +214,28 @@ class HTPModel(nn.Module):
             nn.init.normal_(m.weight, std=0.02)
             nn.init.zeros_(m.bias)
 
-    # ------------------------------------------------------------------ features
-    def features(self, part: Partition, an: Analytic) -> torch.Tensor:
-        """(nl, CELL_FEATURES * L + LEAF_FEATURES) scale-free leaf token inputs."""
-        diag, east, west, north, south, real = an.arrays
-        live = (real > 0) & (diag > 0)
-        safe = torch.where(live, diag, torch.ones_like(diag))
-        logd = torch.where(live, safe.log(), torch.zeros_like(diag))
-        count = live.sum(1).clamp_min(1)
-        leaf_mean = logd.sum(1) / count
-        grid_mean = logd.sum() / live.sum().clamp_min(1)
-        dirichlet = (diag - east - west - north - south) / safe
-        cells = torch.stack([east / safe, west / safe, north / safe, south / safe, dirichlet,
-                             (logd - leaf_mean[:, None]) * live, (logd - grid_mean) / 3.0 * live, real], -1)
-        coords = part.leaf_coords().to(diag.device).to(diag.dtype)
-        tiles_x = part.nx / part.tx
-        tiles_y = part.ny / part.ty
-        cx, cy = (coords[:, 0] + 0.5) / tiles_x, (coords[:, 1] + 0.5) / tiles_y
-        spread = torch.sqrt(((logd - leaf_mean[:, None]) ** 2 * live).sum(1) / count)
-        ones = torch.ones_like(cx)
-        leaf = torch.stack([(leaf_mean - grid_mean) / 3.0, spread, real.mean(1), cx, cy,
-                            math.log2(tiles_x) / 6.0 * ones, math.log2(tiles_y) / 6.0 * ones,
-                            (coords[:, 0] == 0).to(cx.dtype), (coords[:, 0] + 1 >= tiles_x).to(cx.dtype),
-                            (coords[:, 1] == 0).to(cx.dtype), (coords[:, 1] + 1 >= tiles_y).to(cx.dtype)], -1)
-        return torch.cat([cells.reshape(part.n_leaves, -1), leaf], -1)
-
-    # ------------------------------------------------------------------ forward
-    def tokens(self, part: Partition, an: Analytic) -> torch.Tensor:
-        """Final leaf tokens (nl, d)."""
+    def forward(self, part: Partition, stencil: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """stencil (6, nl, L) in the network's dtype -> (K (nl, nb, nb) per leaf, X (nl - 1, r, r) per inner
+        cluster, depth-major): dimensionless, M's leaf blocks take g_i Q_i K_i Q_i^T (g_i = mean(diag)^-1/2
+        of the leaf) and its far-field factors T_c = I + X_c."""
         cfg = self.cfg
-        x = self.embed(self.features(part, an))
+        x = self.embed(leaf_features(part, stencil))
         tables = attention_tables(part, cfg.window, x.device)
-        nl = part.n_leaves
+        nl, depth = part.n_leaves, part.depth
         if cfg.highways:
             rows = self.row_token + x[tables.grid].mean(1)
             cols = self.col_token + x[tables.grid.T].mean(1)
             x = torch.cat([x, rows, cols, (self.global_token + x.mean(0)).unsqueeze(0)])
         for block in self.blocks:
             x = block(x, tables)
-        return self.ln_f(x[:nl])
-
-    def forward(self, system: PoissonSystem) -> HMatrix:
-        cfg = self.cfg
-        dtype = self.embed.weight.dtype
-        system = system.to(device=self.embed.weight.device)     # the analytic part reads it in float64
-        part = partition(system.nx, system.ny, cfg.leaf_size)
-        an = Analytic.build(system, part, cfg.segments, cfg.rank, dtype)
-        x = self.tokens(part, an)
-        nl, k, r, depth = part.n_leaves, cfg.k, cfg.rank, part.depth
-        leaf_corr = self.leaf_head(x).view(nl, k, k)
+        x = self.ln_f(x[:nl])
+        leaf_corr = self.leaf_head(x).view(nl, cfg.basis_size, cfg.basis_size)
         means = [x]                                          # means[j]: the clusters j levels above the leaves
         for _ in range(depth):
             means.append(means[-1].view(-1, 2, x.shape[-1]).mean(1))
         halves = torch.cat([means[depth - d - 1].view(1 << d, -1) for d in range(depth)]) if depth \
             else x.new_zeros(0, 2 * x.shape[-1])
+        dtype = self.embed.weight.dtype
         geo = part.cluster_geometry().to(device=x.device, dtype=dtype) / GEO_SCALE.to(x.device, dtype)
-        cluster_corr = self.cluster_head(self.ctx(halves) + self.geo(geo)).view(-1, r, r)
-        return assemble(system, part, an, leaf_corr, cluster_corr, cfg.level_weight, cfg.eps)
-
-
-def save_checkpoint(path: str | Path, model: HTPModel, record: dict, half: bool = False) -> None:
-    """half: store floating tensors as float16 (half the file); load_checkpoint still gives a float32 model."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    if half:
-        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"layout": LAYOUT, "config": asdict(model.cfg), "model": state, "record": record}, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[HTPModel, dict]:
-    """(model, record) from a checkpoint; ValueError if it is not an HTP checkpoint of this layout."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise ValueError(f"{path}: not an HTP checkpoint (expected a dict with 'config' and 'model')")
-    if ckpt.get("layout") != LAYOUT:
-        raise ValueError(f"{path}: trained for layout {ckpt.get('layout')!r}, this code reads {LAYOUT!r}")
-    model = HTPModel(HTPConfig.from_dict(ckpt["config"]))
-    model.load_state_dict(ckpt["model"])
-    return model, ckpt.get("record", {})
+        cluster_corr = self.cluster_head(self.ctx(halves) + self.geo(geo)).view(-1, cfg.rank, cfg.rank)
+        return leaf_corr, cluster_corr

@@ -19,9 +19,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Callable, TypeVar
 
 import torch
 import torch.nn.functional as F
+
+T = TypeVar("T", bound=Callable)
+
+
+def shape_cache(maxsize: int = 64) -> Callable[[T], T]:
+    """lru_cache for tables that depend only on the grid shape. They are built as ordinary tensors
+    even when first asked for under torch.inference_mode (a solve's set-up), so that training on the
+    same shape later can use them in autograd."""
+    def wrap(fn: T) -> T:
+        return lru_cache(maxsize=maxsize)(torch.inference_mode(False)(fn))
+    return wrap
 
 
 def leaf_tile(leaf_size: int) -> tuple[int, int]:
@@ -103,16 +115,6 @@ class Partition:
         g = g.reshape(g.shape[0], *view).permute(0, *[d + 1 for d in order])
         return g.reshape(*batch, self.n_padded)
 
-    def from_leaf(self, v: torch.Tensor) -> torch.Tensor:
-        """Leaf order (..., n_padded) -> cell order (..., nx*ny), padding dropped."""
-        batch = v.shape[:-1]
-        view, order = self._split_dims()
-        g = v.reshape(-1, *[view[d] for d in order])
-        inverse = [order.index(d) for d in range(len(order))]
-        px, py = self.padded_shape
-        g = g.permute(0, *[d + 1 for d in inverse]).reshape(-1, px, py)[:, :self.nx, :self.ny]
-        return g.reshape(*batch, self.n)
-
     # ------------------------------------------------------------------ index tensors
     def cell_index(self) -> torch.Tensor:
         """For each leaf-order position, its cell k = i*ny + j, or -1 on padding."""
@@ -125,6 +127,10 @@ class Partition:
     def leaf_coords(self) -> torch.Tensor:
         """(n_leaves, 2) tile coordinates (column along x, row along y) of each leaf, in leaf order."""
         return _leaf_coords(self)
+
+    def leaf_neighbours(self) -> torch.Tensor:
+        """(4, n_leaves) the leaf across each side (W, E, S, N), -1 at the padded grid's edge."""
+        return _leaf_neighbours(self)
 
     def cluster_geometry(self) -> torch.Tensor:
         """(n_leaves - 1, 8) the inner clusters of the tree, depth-major (root, then depth 1's two
@@ -164,14 +170,14 @@ def partition(nx: int, ny: int, leaf_size: int = 64) -> Partition:
     return Partition(nx, ny, tx, ty, bx, by, tuple(axes))
 
 
-@lru_cache(maxsize=64)
+@shape_cache()
 def _cell_index(p: Partition) -> torch.Tensor:
     k = torch.arange(p.n, dtype=torch.float64)
     mask = p.to_leaf(torch.ones(p.n, dtype=torch.float64))
     return torch.where(mask > 0, p.to_leaf(k), -1.0).long()
 
 
-@lru_cache(maxsize=64)
+@shape_cache()
 def _cell_position(p: Partition) -> torch.Tensor:
     idx = p.cell_index()
     pos = torch.empty(p.n, dtype=torch.long)
@@ -179,7 +185,7 @@ def _cell_position(p: Partition) -> torch.Tensor:
     return pos
 
 
-@lru_cache(maxsize=64)
+@shape_cache()
 def _leaf_coords(p: Partition) -> torch.Tensor:
     x = torch.zeros(p.n_leaves, dtype=torch.long)
     y = torch.zeros(p.n_leaves, dtype=torch.long)
@@ -196,7 +202,21 @@ def _leaf_coords(p: Partition) -> torch.Tensor:
     return torch.stack([x, y], 1)
 
 
-@lru_cache(maxsize=64)
+@shape_cache()
+def _leaf_neighbours(p: Partition) -> torch.Tensor:
+    coords = p.leaf_coords()
+    tx, ty = p.tiles
+    grid = torch.full((tx, ty), -1, dtype=torch.long)
+    grid[coords[:, 0], coords[:, 1]] = torch.arange(p.n_leaves)
+    out = torch.full((4, p.n_leaves), -1, dtype=torch.long)
+    for side, (dx, dy) in enumerate(((-1, 0), (1, 0), (0, -1), (0, 1))):
+        x, y = coords[:, 0] + dx, coords[:, 1] + dy
+        ok = (x >= 0) & (x < tx) & (y >= 0) & (y < ty)
+        out[side, ok] = grid[x[ok], y[ok]]
+    return out
+
+
+@shape_cache()
 def _cluster_geometry(p: Partition) -> torch.Tensor:
     coords = p.leaf_coords()
     tiles = torch.tensor(p.tiles)
@@ -211,7 +231,7 @@ def _cluster_geometry(p: Partition) -> torch.Tensor:
     return torch.cat(rows) if rows else torch.zeros(0, 8, dtype=torch.float64)
 
 
-@lru_cache(maxsize=64)
+@shape_cache()
 def _cluster_ends(p: Partition, device: torch.device) -> torch.Tensor:
     ends = []
     for d in range(p.depth):
@@ -221,7 +241,7 @@ def _cluster_ends(p: Partition, device: torch.device) -> torch.Tensor:
     return torch.cat(ends, 1).reshape(-1).to(device) if ends else torch.zeros(0, dtype=torch.long, device=device)
 
 
-@lru_cache(maxsize=64)
+@shape_cache()
 def _leaf_clusters(p: Partition, device: torch.device) -> torch.Tensor:
     d = torch.arange(p.depth)
     leaf = torch.arange(p.n_leaves)[:, None]
