@@ -3,30 +3,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
+from typing import Callable
 
 
-def _grid(text: str) -> tuple[int, int]:
-    m = re.fullmatch(r"(\d+)[xX](\d+)", text.strip())
-    if not m:
-        raise argparse.ArgumentTypeError(f"expected NXxNY such as 128x64, got {text!r}")
-    nx, ny = int(m[1]), int(m[2])
-    if not (8 <= nx <= 2048 and 8 <= ny <= 2048):
-        raise argparse.ArgumentTypeError(f"expected each side from 8 to 2048 cells, got {nx}x{ny}")
-    return nx, ny
-
-
-def _in_range(kind: type, lo: float, hi: float | None = None):
-    def parse(text: str):
+def _flag(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse type from a parser that raises ValueError with the reason (sim.limits)."""
+    def convert(text: str) -> object:
         try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
-        if not (lo <= v and (hi is None or v <= hi)):
-            raise argparse.ArgumentTypeError(f"expected a value from {lo:g}{f' to {hi:g}' if hi else ' up'}, got {text}")
-        return v
-    return parse
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return convert
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,23 +25,25 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from app.render import RENDER_MODES
     from precond import METHODS
+    from sim import limits
     p = _Parser(prog="main.py", description="Real-time 2D water/air simulator with a learned pressure solver.")
     p.add_argument("scene", help="scene file, e.g. scenes/dambreak.yaml")
     p.add_argument("--headless", action="store_true", help="run without a window, print stats")
-    p.add_argument("--frames", type=_in_range(int, 1), help="frames to run (headless default 300; window: run until closed)")
+    p.add_argument("--frames", type=_flag(limits.FRAMES.parse),
+                   help="frames to run (headless default 300; window: run until closed)")
     p.add_argument("--solver", choices=METHODS, help="pressure solver (overrides the scene)")
-    p.add_argument("--grid", type=_grid, help="grid NXxNY (overrides the scene)")
-    p.add_argument("--ratio", type=_in_range(float, 1.0, 1000.0), help="density ratio rho_water/rho_air, 1 to 1000")
-    p.add_argument("--tol", type=_in_range(float, 1e-14, 1e-1), help="PCG relative residual tolerance")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where Taichi and torch run")
+    p.add_argument("--grid", type=_flag(limits.parse_grid), help="grid NXxNY (overrides the scene)")
+    p.add_argument("--ratio", type=_flag(limits.RATIO.parse), help=f"density ratio rho_water/rho_air, {limits.RATIO.span()}")
+    p.add_argument("--tol", type=_flag(limits.TOLERANCE.parse), help="PCG relative residual tolerance")
+    p.add_argument("--device", choices=limits.DEVICES, default="cpu", help="where Taichi and torch run")
     p.add_argument("--stats-json", metavar="PATH", help="write one JSON object per frame")
     p.add_argument("--record", metavar="OUT.mp4", help="record the view to an MP4")
     p.add_argument("--screenshot", metavar="OUT.png", help="save the view after the last frame and exit")
-    p.add_argument("--render", default="phase", choices=("phase", "density", "pressure", "speed", "vorticity"),
-                   help="what the view shows")
+    p.add_argument("--render", default="phase", choices=RENDER_MODES, help="what the view shows")
     p.add_argument("--dump-systems", metavar="DIR", help="write each frame's Poisson system as .npz (training data)")
-    p.add_argument("--dump-every", type=_in_range(int, 1), default=1, help="dump every K-th frame")
+    p.add_argument("--dump-every", type=_flag(limits.FRAMES.parse), default=1, help="dump every K-th frame")
     p.add_argument("--quiet", action="store_true", help="headless: print only the summary")
     return p.parse_args(argv)
 
@@ -85,16 +75,16 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             return _fail("--device cuda: no CUDA device is available here; use --device cpu")
 
-    from precond import Solver
+    from precond import METHODS
     from sim.scene import SceneError, load_scene
     from sim.simulation import Simulation, SimulationError
 
     try:
-        scene = load_scene(args.scene).with_overrides(grid=args.grid, ratio=args.ratio, solver=args.solver, tol=args.tol)
+        scene = load_scene(args.scene, methods=METHODS).with_overrides(
+            methods=METHODS, grid=args.grid, ratio=args.ratio, solver=args.solver, tol=args.tol)
     except SceneError as err:
         return _fail(str(err))
-    solver = Solver(scene.solver.method, tol=scene.solver.tol, maxiter=scene.solver.maxiter)
-    sim = Simulation(scene, solver, device=args.device)
+    sim = Simulation.from_scene(scene, device=args.device)
 
     if not args.headless:
         from app.viewer import run_window
@@ -111,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                        quiet=args.quiet)
     try:
         run_headless(sim, args.frames or 300, record=args.record, screenshot=args.screenshot,
-                     render_mode=args.render, on_frame=report.on_frame)
+                     render_mode=args.render, on_frame=report.on_frame, on_system=report.on_system)
     except SimulationError as err:
         print(report.summary())
         return _fail(str(err))

@@ -9,7 +9,11 @@ from __future__ import annotations
 import sys
 from typing import Callable, Optional
 
-from sim.simulation import FrameStats, Simulation
+import torch
+
+from precond import PoissonSystem
+from sim.simulation import Simulation
+from sim.stats import FrameStats
 
 from .recorder import Recorder, RecordingError, save_png
 from .render import PICTURE_HEIGHT, Renderer, RenderTarget, create_offscreen_context, picture_size
@@ -27,10 +31,12 @@ def recording_fps(sim: Simulation) -> float:
 
 def run_headless(sim: Simulation, frames: int, record: Optional[str] = None, screenshot: Optional[str] = None,
                  render_mode: str = "phase", on_frame: Optional[Callable[[FrameStats], None]] = None,
+                 on_system: Optional[Callable[[PoissonSystem, torch.Tensor], None]] = None,
                  height: int = PICTURE_HEIGHT) -> list[FrameStats]:
     """Step `sim` `frames` times; record every frame to `record`, save the last view to `screenshot`.
 
-    Pictures are `height` pixels high with the grid's aspect ratio (the window's recordings use the default).
+    `on_system` goes to `Simulation.step`. Pictures are `height` pixels high with the grid's aspect
+    ratio (the window's recordings use the default).
 
     SimulationError and KeyboardInterrupt propagate; the recording is finished either way.
     """
@@ -51,7 +57,7 @@ def run_headless(sim: Simulation, frames: int, record: Optional[str] = None, scr
     done: list[FrameStats] = []
     try:
         for _ in range(frames):
-            stats = sim.step()
+            stats = sim.step(on_system)
             done.append(stats)
             if recorder is not None:
                 renderer.upload(sim.fields(), render_mode)

@@ -11,7 +11,6 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
-from types import TracebackType
 from typing import IO
 
 import imageio.v3 as iio
@@ -129,9 +128,3 @@ class Recorder:
         if code == 0:
             return ""
         return (log.splitlines()[-1] if log else f"ffmpeg exited with status {code}")
-
-    def __enter__(self) -> "Recorder":
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()

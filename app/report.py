@@ -6,33 +6,41 @@ import statistics
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
+import torch
+
+from precond import PoissonSystem
 from precond.dumps import save_system
+from sim.simulation import Simulation
+from sim.stats import FrameStats
 
 
 class RunReport:
-    """Feed it every frame's stats (`on_frame`); `summary()` gives the closing table."""
+    """Feed it every frame's stats (`on_frame`) and Poisson system (`on_system`); `summary()` gives the closing table."""
 
-    def __init__(self, sim: Any, stats_json: str | None = None, dump_dir: str | None = None, dump_every: int = 1,
-                 quiet: bool = False, out: IO[str] = sys.stdout) -> None:
+    def __init__(self, sim: Simulation, stats_json: str | None = None, dump_dir: str | None = None,
+                 dump_every: int = 1, quiet: bool = False, out: IO[str] = sys.stdout) -> None:
         self.sim, self.quiet, self.out = sim, quiet, out
-        self.frames: list[Any] = []
+        self.frames: list[FrameStats] = []
         self.json_file = open(stats_json, "w") if stats_json else None
         self.dump_dir = Path(dump_dir) if dump_dir else None
         if self.dump_dir:
             self.dump_dir.mkdir(parents=True, exist_ok=True)
         self.dump_every = max(1, dump_every)
 
-    def on_frame(self, stats: Any) -> None:
+    def on_system(self, system: PoissonSystem, b: torch.Tensor) -> None:
+        """Dump the system of every `dump_every`-th frame, if dumping (the sim's frame is the one just stepped)."""
+        frame = self.sim.frame
+        if self.dump_dir and frame % self.dump_every == 0:
+            save_system(self.dump_dir / f"frame{frame:05d}.npz", system, b, frame=frame, nx=self.sim.nx,
+                        ny=self.sim.ny, ratio=self.sim.ratio, scene=self.sim.scene.name)
+
+    def on_frame(self, stats: FrameStats) -> None:
         self.frames.append(stats)
         if self.json_file:
             self.json_file.write(json.dumps(asdict(stats)) + "\n")
             self.json_file.flush()
-        if self.dump_dir and stats.frame % self.dump_every == 0 and self.sim.last_system is not None:
-            save_system(self.dump_dir / f"frame{stats.frame:05d}.npz", self.sim.last_system, self.sim.last_rhs,
-                        frame=stats.frame, nx=self.sim.nx, ny=self.sim.ny, ratio=self.sim.ratio,
-                        scene=self.sim.scene.name)
         if not self.quiet:
             mark = "  FELL BACK: " + stats.note if stats.fell_back else ""
             print(f"frame {stats.frame:5d}  {stats.ms_total:7.1f} ms  {stats.solver:>7s} {stats.iterations:4d} it  "
@@ -53,7 +61,7 @@ class RunReport:
         timed = f[1:] if len(f) > 1 else f
         parts = {
             "total": [s.ms_total for s in timed],
-            "sim": [s.ms_advect + s.ms_assemble + s.ms_project for s in timed],
+            "sim": [s.ms_sim for s in timed],
             "  advect": [s.ms_advect for s in timed],
             "  assemble": [s.ms_assemble for s in timed],
             "  project": [s.ms_project for s in timed],

@@ -15,17 +15,17 @@ from typing import Optional
 import numpy as np
 
 import precond
-from sim.scene import GRID_MAX, GRID_MIN, SceneError, load_scene
-from sim.simulation import FrameStats, Simulation, SimulationError
+from sim.limits import CELLS, GRID_SIDE
+from sim.scene import SceneError, load_scene
+from sim.simulation import Simulation, SimulationError
+from sim.stats import FrameStats
 
 from .render import RENDER_MODES
 
 SCENE_DIR = Path(__file__).resolve().parent.parent / "scenes"
-N_MIN, N_MAX = 1024, 262_144
-N_CHOICES: tuple[int, ...] = tuple(round(N_MIN * 2 ** (k / 2)) for k in range(17))  # 1,024 .. 262,144, x sqrt(2)
-RATIO_MIN, RATIO_MAX = 1.0, 1000.0
-TOL_MIN, TOL_MAX = 1e-10, 1e-2
-SUBSTEPS_MAX = 64
+# The N slider's stops: CELLS.lo to CELLS.hi in steps of sqrt(2).
+N_CHOICES: tuple[int, ...] = tuple(round(CELLS.lo * 2 ** (k / 2))
+                                   for k in range(2 * round(math.log2(CELLS.hi / CELLS.lo)) + 1))
 HISTORY_FRAMES = 500
 POUR_RADIUS = 0.03  # domain units (the domain is 1 high)
 PUSH_RADIUS = 0.08
@@ -34,8 +34,8 @@ PUSH_MAX_SPEED = 10.0  # m/s added by one mouse drag event at most
 
 def grid_for(cells: int, aspect: float) -> tuple[int, int]:
     """(nx, ny) with nx / ny close to `aspect` and nx * ny close to `cells`, each side within the sim's limits."""
-    ny = min(GRID_MAX, max(GRID_MIN, round(math.sqrt(cells / aspect))))
-    nx = min(GRID_MAX, max(GRID_MIN, round(ny * aspect)))
+    ny = GRID_SIDE.clamp(round(math.sqrt(cells / aspect)))
+    nx = GRID_SIDE.clamp(round(ny * aspect))
     return nx, ny
 
 
@@ -53,15 +53,13 @@ def view_to_domain(pos: tuple[float, float], origin: tuple[float, float], size: 
 class Trace:
     """One solver's last frames: the per-frame numbers the plots and the comparison table read."""
 
-    KEYS = ("tick", "ms_total", "ms_sim", "ms_inference", "ms_pcg", "iterations", "residual", "fell_back")
+    KEYS = ("tick", "ms_total", "iterations", "fell_back")
 
     def __init__(self, maxlen: int) -> None:
         self._columns: dict[str, deque] = {key: deque(maxlen=maxlen) for key in self.KEYS}
 
     def append(self, tick: int, s: FrameStats) -> None:
-        row = (tick, s.ms_total, s.ms_advect + s.ms_assemble + s.ms_project, s.ms_inference, s.ms_pcg,
-               s.iterations, s.residual, s.fell_back)
-        for key, value in zip(self.KEYS, row):
+        for key, value in zip(self.KEYS, (tick, s.ms_total, s.iterations, s.fell_back)):
             self._columns[key].append(float(value))
 
     def __len__(self) -> int:
@@ -119,8 +117,8 @@ class ViewerState:
         return self.grid[0] * self.grid[1]
 
     def set_cells(self, cells: int) -> None:
-        """Ask for about `cells` cells (clamped to N_MIN..N_MAX) at the scene's aspect ratio."""
-        self.grid = grid_for(min(N_MAX, max(N_MIN, int(cells))), self.aspect)
+        """Ask for about `cells` cells (clamped to limits.CELLS) at the scene's aspect ratio."""
+        self.grid = grid_for(CELLS.clamp(int(cells)), self.aspect)
 
     def apply(self, sim: Simulation) -> Simulation:
         """Bring `sim` in line with the state; returns the simulation to use from now on (a new one after a scene switch)."""
@@ -133,7 +131,7 @@ class ViewerState:
         if sim.solver.method != self.solver or sim.solver.tol != self.tol:
             sim.set_solver(precond.Solver(self.solver, tol=self.tol, maxiter=sim.scene.solver.maxiter))
         if sim.scene.time.max_substeps != self.max_substeps:
-            sim.scene = replace(sim.scene, time=replace(sim.scene.time, max_substeps=self.max_substeps))
+            sim.set_max_substeps(self.max_substeps)
         if self.reset_requested:
             self.reset_requested = False
             sim.reset()
@@ -143,14 +141,13 @@ class ViewerState:
     def _switch_scene(self, sim: Simulation) -> Simulation:
         """A new simulation of `scene_path` at its own grid and ratio, keeping the chosen solver and tolerance."""
         try:
-            scene = load_scene(self.scene_path)
+            scene = load_scene(self.scene_path, methods=precond.METHODS)
         except SceneError as err:
             self.error = str(err)
             self.scene_path = sim.scene.source
             return sim
-        scene = replace(scene, solver=replace(scene.solver, method=self.solver, tol=self.tol))
-        new = Simulation(scene, precond.Solver(self.solver, tol=self.tol, maxiter=scene.solver.maxiter),
-                         device=sim.device)
+        new = Simulation.from_scene(replace(scene, solver=replace(scene.solver, method=self.solver, tol=self.tol)),
+                                    device=sim.device)
         self.grid, self.aspect, self.ratio = (new.nx, new.ny), scene.grid.nx / scene.grid.ny, new.ratio
         self.max_substeps, self.error = scene.time.max_substeps, ""
         return new

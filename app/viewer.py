@@ -18,13 +18,13 @@ import moderngl
 from imgui_bundle import hello_imgui, imgui, immapp, implot
 
 import precond
+from sim.limits import RATIO, SUBSTEPS, TOLERANCE
 from sim.simulation import Simulation
 
 from .headless import recording_fps, warn
 from .recorder import Recorder, RecordingError, save_png
 from .render import RENDER_MODES, Renderer, RenderTarget, picture_size
-from .state import (N_CHOICES, RATIO_MAX, RATIO_MIN, SUBSTEPS_MAX, TOL_MAX, TOL_MIN, ViewerState, list_scenes,
-                    view_to_domain)
+from .state import N_CHOICES, ViewerState, list_scenes, view_to_domain
 
 WINDOW_SIZE = (1440, 900)
 PANEL_WIDTH = 420
@@ -189,18 +189,18 @@ class Viewer:
         if changed:
             state.solver = methods[k]
         tol = self._on_release("tolerance", state.tol, lambda v: imgui.slider_float(
-            "tolerance", v, TOL_MIN, TOL_MAX, "%.0e", imgui.SliderFlags_.logarithmic))
+            "tolerance", v, TOLERANCE.lo, TOLERANCE.hi, "%.0e", imgui.SliderFlags_.logarithmic))
         if tol is not None:
             state.tol = float(f"{tol:.3g}")
-        changed, steps = imgui.slider_int("max substeps", state.max_substeps, 1, SUBSTEPS_MAX)
+        changed, steps = imgui.slider_int("max substeps", state.max_substeps, SUBSTEPS.lo, SUBSTEPS.hi)
         if changed:
             state.max_substeps = steps
 
         imgui.separator_text("fluid and grid")
-        changed, ratio = imgui.slider_float("density ratio", state.ratio, RATIO_MIN, RATIO_MAX, "%.1f",
+        changed, ratio = imgui.slider_float("density ratio", state.ratio, RATIO.lo, RATIO.hi, "%.1f",
                                             imgui.SliderFlags_.logarithmic)
         if changed:
-            state.ratio = min(RATIO_MAX, max(RATIO_MIN, ratio))
+            state.ratio = RATIO.clamp(ratio)
         index = self._on_release("N", _nearest(N_CHOICES, state.cells), lambda v: imgui.slider_int(
             "N", v, 0, len(N_CHOICES) - 1, f"{N_CHOICES[v]:,}"))
         if index is not None:
@@ -247,10 +247,9 @@ class Viewer:
         if s is None:
             imgui.text(f"frame 0   {fps:.1f} window fps")
             return
-        sim_ms = s.ms_advect + s.ms_assemble + s.ms_project
         imgui.text(f"frame {s.frame}   t = {s.time:.3f} s   {s.substeps} substep(s)")
         imgui.text(f"{s.ms_total:.1f} ms/frame   {1e3 / max(s.ms_total, 1e-6):.1f} sim fps   {fps:.1f} window fps")
-        imgui.text(f"sim {sim_ms:.1f}  |  inference {s.ms_inference:.1f}  |  PCG {s.ms_pcg:.1f}  ms")
+        imgui.text(f"sim {s.ms_sim:.1f}  |  inference {s.ms_inference:.1f}  |  PCG {s.ms_pcg:.1f}  ms")
         imgui.text(f"{s.solver}: {s.iterations} iterations, residual {s.residual:.1e}")
         if s.fell_back:
             imgui.push_style_color(imgui.Col_.text, RED)

@@ -1,4 +1,4 @@
-"""Transport on the MAC grid: bilinear sampling, RK2 backtracing, velocity and level-set advection.
+"""Transport on the MAC grid: bilinear sampling, RK2 backtracing, velocity and level-set advection, gravity.
 
 Positions are in cell units (x / h): u[i, j] sits at (i, j + 1/2), v[i, j] at (i + 1/2, j) and
 cell-centred quantities at (i + 1/2, j + 1/2). Velocities are in domain units per second, so a
@@ -7,13 +7,16 @@ step moves a point by `dth * u` cells with dth = dt / h. Velocity is advected se
 band around the interface, semi-Lagrangian with one Euler step beyond it, where only its sign and
 a rough distance matter (reinitialisation rebuilds the distance from the interface outwards).
 
-`advect` is one kernel launch: its two top-level loops (forward pass with the state check, then the
-MacCormack correction) run one after the other. Loops are parallel over i with j inner: on the
-CPU that is several times faster than a flattened ndrange.
+`advect_and_add_gravity` is one kernel launch: its two top-level loops (forward pass with the
+state check, then the MacCormack correction) run one after the other. It leaves the state as it
+was and writes u*, v* (gravity included) and phi_a, which the projection takes from there. Gravity
+is added in the same pass as the velocity's transport: a separate pass would cost a sweep over the
+faces and round v* differently. Loops are parallel over i with j inner: on the CPU that is several
+times faster than a flattened ndrange.
 """
 import taichi as ti
 
-from .assemble import scan_point
+from .checks import report, scan_point
 
 
 @ti.func
@@ -65,10 +68,9 @@ def centre_velocity(s: ti.template(), i: ti.i32, j: ti.i32) -> ti.math.vec2:
 
 
 @ti.func
-def advect_forward(s: ti.template(), dth: ti.f32, gdt: ti.f32, band: ti.f32, nx: ti.i32, ny: ti.i32,
-                   open_top: ti.i32):
-    """u*, v* = semi-Lagrangian u, v plus gravity (gdt = g dt on v); phi_f = semi-Lagrangian phi, bt its trace
-    (midpoint rule within `band` of the interface, Euler beyond).
+def advect_forward(s: ti.template(), dth: ti.f32, gdt: ti.f32, band: ti.f32, nx: ti.i32, ny: ti.i32, open_top: ti.i32):
+    """u*, v* = semi-Lagrangian u, v plus gravity (gdt = g dt on v), 0 on the walls; phi_f = semi-Lagrangian
+    phi, bt its trace (midpoint rule within `band` of the interface, Euler beyond).
 
     Also flags non-finite state values (scan_point)."""
     for i in range(nx + 1):
@@ -116,10 +118,10 @@ def advect_correct(s: ti.template(), dth: ti.f32, band: ti.f32, nx: ti.i32, ny: 
 
 
 @ti.kernel
-def advect(s: ti.template(), dth: ti.f32, gdt: ti.f32, band: ti.f32) -> ti.i32:
-    """u*, v* (with gravity) and phi_a from the state; returns the flags of non-finite state values."""
+def advect_and_add_gravity(s: ti.template(), dth: ti.f32, gdt: ti.f32, band: ti.f32) -> ti.math.vec2:
+    """u*, v* (gdt = g dt added to v*) and phi_a from the state; reports (0, flags of the non-finite state values)."""
     nx, ny, open_top = s.size[0], s.size[1], s.size[2]
     s.size[3] = 0
     advect_forward(s, dth, gdt, band, nx, ny, open_top)
     advect_correct(s, dth, band, nx, ny)
-    return s.size[3]
+    return report(s, 0.0)

@@ -5,7 +5,8 @@ from typing import Optional
 
 import taichi as ti
 
-DEVICES = ("cpu", "cuda")
+from .limits import DEVICES
+
 _current: Optional[str] = None
 
 

@@ -67,10 +67,16 @@ class GridState:
 
     def state(self) -> dict[str, np.ndarray]:
         """phi, u, v, p at the live size, float64 copies."""
-        nx, ny = self.nx, self.ny
-        return {"phi": self.read("phi", (nx, ny)), "u": self.read("u", (nx + 1, ny)),
-                "v": self.read("v", (nx, ny + 1)), "p": self.read("p", (nx, ny))}
+        return {name: self.read(name, shape) for name, shape in state_shapes(self.nx, self.ny).items()}
 
+
+def state_shapes(nx: int, ny: int) -> dict[str, tuple[int, int]]:
+    """The arrays that make up a state and their shapes on an nx x ny grid."""
+    return {"phi": (nx, ny), "u": (nx + 1, ny), "v": (nx, ny + 1), "p": (nx, ny)}
+
+
+# Where sample (0, 0) of each state array sits, in cell units.
+STATE_OFFSETS = {"phi": (0.5, 0.5), "u": (0.0, 0.5), "v": (0.5, 0.0), "p": (0.5, 0.5)}
 
 _pool: dict[tuple[int, int], list[GridState]] = {}
 
@@ -100,3 +106,11 @@ def resample(values: np.ndarray, shape: tuple[int, int], offset: tuple[float, fl
     j = (np.arange(shape[1]) + offset[1]) * (old_cells[1] / new_cells[1]) - offset[1]
     gi, gj = np.meshgrid(i, j, indexing="ij")
     return map_coordinates(values, [gi, gj], order=1, mode="nearest")
+
+
+def resample_state(state: dict[str, np.ndarray], old_cells: tuple[int, int],
+                   new_cells: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Every array of a state re-sampled from an old_cells grid onto a new_cells one (see `resample`)."""
+    shapes = state_shapes(*new_cells)
+    return {name: resample(values, shapes[name], STATE_OFFSETS[name], old_cells, new_cells)
+            for name, values in state.items()}

@@ -1,26 +1,28 @@
 """Scene files: what to simulate, read from YAML with `yaml.safe_load` and validated field by field.
 
 The domain is `nx/ny` wide and 1 high (square cells, h = 1/ny); coordinates are in domain units
-with x to the right and y up. Every field but `shapes` is optional:
+with x to the right and y up. Every field but `shapes` is optional; the ranges are those of
+`sim.limits`:
 
     name: dam break                 # text, default: the file name
     description: ...                # text, default ""
-    grid: {nx: 128, ny: 64}         # integers from 8 to 2048 each; default 128 x 64
-    ratio: 1000                     # rho_water / rho_air, a number from 1 to 1000; default 1000
-    gravity: -9.81                  # vertical acceleration in m/s^2, -100 to 100; default -9.81
+    grid: {nx: 128, ny: 64}         # cells along x and y; default 128 x 64
+    ratio: 1000                     # rho_water / rho_air; default 1000
+    gravity: -9.81                  # vertical acceleration in m/s^2; default -9.81
     boundary: {top: wall}           # wall | open (open: pressure 0 on the top faces); other sides are walls
     shapes:                         # applied in order onto an all-air domain; default []
       - {type: box, min: [x, y], max: [x, y], phase: water}
       - {type: circle, center: [x, y], radius: r, phase: air, velocity: [u, v]}
       - {type: halfplane, point: [x, y], normal: [nx, ny], phase: water}   # fills the side against the normal
-    solver: {method: mgpcg, tol: 1e-6, maxiter: null}   # method: a name from precond.METHODS
+    solver: {method: mgpcg, tol: 1e-6, maxiter: null}   # method: one of the names the caller allows
     time: {frame_dt: 1/60, cfl: 3, max_substeps: 8}
     volume_correction: true         # keep the water volume by a global level-set shift each frame
 
 Shapes: `phase` is water (default) or air; `velocity` (m/s, optional) sets the initial velocity
-inside the shape. Coordinates lie within [-100, 100], radii in (0, 100], velocities within
-[-100, 100]. Numbers may be written `1e-6` or `1/60` (YAML 1.1 would read those as text).
-A bad file raises `SceneError` with one line naming the file, the field and what was expected.
+inside the shape. Numbers may be written `1e-6` or `1/60` (YAML 1.1 would read those as text).
+The solver names come from the caller (the solver registry, `precond.METHODS`), so reading a
+scene needs no solver code. A bad file raises `SceneError` with one line naming the file, the
+field and what was expected.
 """
 from __future__ import annotations
 
@@ -28,19 +30,17 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Collection, Optional, Union
 
 import numpy as np
 import yaml
 
-import precond
+from . import limits
+from .limits import Range
 
 Vec2 = tuple[float, float]
 PHASES = ("water", "air")
 TOPS = ("wall", "open")
-GRID_MIN, GRID_MAX = 8, 2048
-RATIO_MIN, RATIO_MAX = 1.0, 1000.0
-COORD_MAX = 100.0
 _NUMBER_TEXT = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
 _FRACTION_TEXT = re.compile(r"\s*([-+]?(?:\d+\.?\d*|\.\d+))\s*/\s*(\d+\.?\d*|\.\d+)\s*")
 
@@ -157,25 +157,26 @@ class Scene:
     def open_top(self) -> bool:
         return self.boundary.top == "open"
 
-    def with_overrides(self, grid: Optional[tuple[int, int]] = None, ratio: Optional[float] = None,
-                       solver: Optional[str] = None, tol: Optional[float] = None,
+    def with_overrides(self, *, methods: Collection[str], grid: Optional[tuple[int, int]] = None,
+                       ratio: Optional[float] = None, solver: Optional[str] = None, tol: Optional[float] = None,
                        maxiter: Optional[int] = None) -> "Scene":
-        """A copy with command-line overrides applied (None keeps the scene's value); bad values raise SceneError."""
+        """A copy with command-line overrides applied (None keeps the scene's value); bad values raise SceneError.
+
+        `solver` must be one of `methods`, the solver registry's names."""
         r = _Reader("command line")
         out = self
         if grid is not None:
-            nx = r.integer(grid[0], "--grid nx", GRID_MIN, GRID_MAX)
-            ny = r.integer(grid[1], "--grid ny", GRID_MIN, GRID_MAX)
-            out = replace(out, grid=Grid(nx, ny))
+            out = replace(out, grid=Grid(r.integer(grid[0], "--grid nx", limits.GRID_SIDE),
+                                         r.integer(grid[1], "--grid ny", limits.GRID_SIDE)))
         if ratio is not None:
-            out = replace(out, ratio=r.number(ratio, "--ratio", RATIO_MIN, RATIO_MAX))
+            out = replace(out, ratio=r.number(ratio, "--ratio", limits.RATIO))
         settings = out.solver
         if solver is not None:
-            settings = replace(settings, method=r.choice(solver, "--solver", precond.METHODS))
+            settings = replace(settings, method=r.choice(solver, "--solver", tuple(methods)))
         if tol is not None:
-            settings = replace(settings, tol=r.number(tol, "--tol", 1e-14, 0.1))
+            settings = replace(settings, tol=r.number(tol, "--tol", limits.TOLERANCE))
         if maxiter is not None:
-            settings = replace(settings, maxiter=r.integer(maxiter, "--maxiter", 1, 1_000_000))
+            settings = replace(settings, maxiter=r.integer(maxiter, "--maxiter", limits.MAXITER))
         return replace(out, solver=settings)
 
 
@@ -200,21 +201,15 @@ class _Reader:
                 raise SceneError(f"{self.source}: {where}: unknown field; expected one of {', '.join(allowed)}")
         return value
 
-    def integer(self, value: Any, path: str, lo: int, hi: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise self.error(path, f"an integer from {lo} to {hi}", value)
+    def integer(self, value: Any, path: str, limit: Range) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value not in limit:
+            raise self.error(path, limit.expected(), value)
         return int(value)
 
-    def number(self, value: Any, path: str, lo: float, hi: float) -> float:
+    def number(self, value: Any, path: str, limit: Range) -> float:
         v = _to_number(value)
-        if v is None or not lo <= v <= hi:
-            raise self.error(path, f"a number from {lo:g} to {hi:g}", value)
-        return v
-
-    def positive(self, value: Any, path: str, hi: float) -> float:
-        v = _to_number(value)
-        if v is None or not 0.0 < v <= hi:
-            raise self.error(path, f"a number above 0 and at most {hi:g}", value)
+        if v is None or v not in limit:
+            raise self.error(path, limit.expected(), value)
         return v
 
     def choice(self, value: Any, path: str, options: tuple[str, ...]) -> str:
@@ -232,10 +227,10 @@ class _Reader:
             raise self.error(path, "true or false", value)
         return value
 
-    def vec2(self, value: Any, path: str, bound: float) -> Vec2:
+    def vec2(self, value: Any, path: str, limit: Range) -> Vec2:
         if not isinstance(value, (list, tuple)) or len(value) != 2:
-            raise self.error(path, f"a pair [x, y] of numbers from {-bound:g} to {bound:g}", value)
-        return (self.number(value[0], f"{path}[0]", -bound, bound), self.number(value[1], f"{path}[1]", -bound, bound))
+            raise self.error(path, f"a pair [x, y] of numbers {limit.span()}", value)
+        return (self.number(value[0], f"{path}[0]", limit), self.number(value[1], f"{path}[1]", limit))
 
 
 def _to_number(value: Any) -> Optional[float]:
@@ -274,44 +269,46 @@ def _shape(r: _Reader, raw: Any, path: str) -> Shape:
         if key not in m:
             raise SceneError(f"{r.source}: {path}.{key}: missing; a {kind} needs {' and '.join(_SHAPE_KEYS[kind][1:3])}")
     phase = r.choice(m.get("phase", "water"), f"{path}.phase", PHASES)
-    velocity = r.vec2(m["velocity"], f"{path}.velocity", COORD_MAX) if m.get("velocity") is not None else None
+    velocity = r.vec2(m["velocity"], f"{path}.velocity", limits.VELOCITY) if m.get("velocity") is not None else None
     if kind == "box":
-        lo, hi = r.vec2(m["min"], f"{path}.min", COORD_MAX), r.vec2(m["max"], f"{path}.max", COORD_MAX)
+        lo, hi = r.vec2(m["min"], f"{path}.min", limits.COORDINATE), r.vec2(m["max"], f"{path}.max", limits.COORDINATE)
         if not (lo[0] < hi[0] and lo[1] < hi[1]):
             raise r.error(f"{path}.max", f"a corner above and to the right of min {list(lo)}", m["max"])
         return Box(lo, hi, phase, velocity)
     if kind == "circle":
-        return Circle(r.vec2(m["center"], f"{path}.center", COORD_MAX),
-                      r.positive(m["radius"], f"{path}.radius", COORD_MAX), phase, velocity)
-    normal = r.vec2(m["normal"], f"{path}.normal", COORD_MAX)
+        return Circle(r.vec2(m["center"], f"{path}.center", limits.COORDINATE),
+                      r.number(m["radius"], f"{path}.radius", limits.RADIUS), phase, velocity)
+    normal = r.vec2(m["normal"], f"{path}.normal", limits.COORDINATE)
     if normal == (0.0, 0.0):
         raise r.error(f"{path}.normal", "a nonzero direction [nx, ny]", m["normal"])
-    return HalfPlane(r.vec2(m["point"], f"{path}.point", COORD_MAX), normal, phase, velocity)
+    return HalfPlane(r.vec2(m["point"], f"{path}.point", limits.COORDINATE), normal, phase, velocity)
 
 
 _TOP_KEYS = ("name", "description", "grid", "ratio", "gravity", "boundary", "shapes", "solver", "time",
              "volume_correction")
 
 
-def parse_scene(data: Any, source: str, default_name: str = "scene") -> Scene:
-    """Validate parsed YAML `data` into a Scene; `source` names it in error messages."""
+def parse_scene(data: Any, source: str, *, methods: Collection[str], default_name: str = "scene") -> Scene:
+    """Validate parsed YAML `data` into a Scene; `source` names it in error messages, `methods` are the
+    solver names `solver.method` may take."""
     r = _Reader(source)
     if data is None:
         raise SceneError(f"{source}: (scene): expected a mapping of fields ({', '.join(_TOP_KEYS)}), got an empty file")
     m = r.mapping(data, "(scene)", _TOP_KEYS)
     g = r.mapping(m.get("grid", {}), "grid", ("nx", "ny"))
-    grid = Grid(r.integer(g.get("nx", Grid.nx), "grid.nx", GRID_MIN, GRID_MAX),
-                r.integer(g.get("ny", Grid.ny), "grid.ny", GRID_MIN, GRID_MAX))
+    grid = Grid(r.integer(g.get("nx", Grid.nx), "grid.nx", limits.GRID_SIDE),
+                r.integer(g.get("ny", Grid.ny), "grid.ny", limits.GRID_SIDE))
     b = r.mapping(m.get("boundary", {}), "boundary", ("top",))
     s = r.mapping(m.get("solver", {}), "solver", ("method", "tol", "maxiter"))
     maxiter = s.get("maxiter")
-    solver = SolverSettings(r.choice(s.get("method", SolverSettings.method), "solver.method", precond.METHODS),
-                            r.number(s.get("tol", SolverSettings.tol), "solver.tol", 1e-14, 0.1),
-                            None if maxiter is None else r.integer(maxiter, "solver.maxiter", 1, 1_000_000))
+    solver = SolverSettings(r.choice(s.get("method", SolverSettings.method), "solver.method", tuple(methods)),
+                            r.number(s.get("tol", SolverSettings.tol), "solver.tol", limits.TOLERANCE),
+                            None if maxiter is None else r.integer(maxiter, "solver.maxiter", limits.MAXITER))
     t = r.mapping(m.get("time", {}), "time", ("frame_dt", "cfl", "max_substeps"))
-    time = TimeSettings(r.positive(t.get("frame_dt", TimeSettings.frame_dt), "time.frame_dt", 0.1),
-                        r.number(t.get("cfl", TimeSettings.cfl), "time.cfl", 0.1, 10.0),
-                        r.integer(t.get("max_substeps", TimeSettings.max_substeps), "time.max_substeps", 1, 64))
+    time = TimeSettings(r.number(t.get("frame_dt", TimeSettings.frame_dt), "time.frame_dt", limits.FRAME_DT),
+                        r.number(t.get("cfl", TimeSettings.cfl), "time.cfl", limits.CFL),
+                        r.integer(t.get("max_substeps", TimeSettings.max_substeps), "time.max_substeps",
+                                  limits.SUBSTEPS))
     shapes = m.get("shapes", [])
     if not isinstance(shapes, list):
         raise r.error("shapes", "a list of shapes", shapes)
@@ -319,8 +316,8 @@ def parse_scene(data: Any, source: str, default_name: str = "scene") -> Scene:
         name=r.text(m.get("name", default_name), "name"),
         description=r.text(m.get("description", ""), "description"),
         grid=grid,
-        ratio=r.number(m.get("ratio", Scene.ratio), "ratio", RATIO_MIN, RATIO_MAX),
-        gravity=r.number(m.get("gravity", Scene.gravity), "gravity", -100.0, 100.0),
+        ratio=r.number(m.get("ratio", Scene.ratio), "ratio", limits.RATIO),
+        gravity=r.number(m.get("gravity", Scene.gravity), "gravity", limits.GRAVITY),
         boundary=Boundary(r.choice(b.get("top", Boundary.top), "boundary.top", TOPS)),
         shapes=tuple(_shape(r, raw, f"shapes[{k}]") for k, raw in enumerate(shapes)),
         solver=solver,
@@ -330,8 +327,9 @@ def parse_scene(data: Any, source: str, default_name: str = "scene") -> Scene:
     )
 
 
-def load_scene(path: Union[str, Path]) -> Scene:
-    """Read and validate a scene file; any problem raises SceneError naming the file and the field."""
+def load_scene(path: Union[str, Path], *, methods: Collection[str]) -> Scene:
+    """Read and validate a scene file (`methods`: the solver names it may choose); any problem raises
+    SceneError naming the file and the field."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -345,4 +343,4 @@ def load_scene(path: Union[str, Path]) -> Scene:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "(file)"
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise SceneError(f"{source}: {where}: expected valid YAML, got a syntax error ({problem})") from None
-    return parse_scene(data, source, default_name=Path(path).stem)
+    return parse_scene(data, source, methods=methods, default_name=Path(path).stem)

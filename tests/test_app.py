@@ -18,12 +18,15 @@ import precond
 from app.colormaps import LUT_PATH, lut_image
 from app.recorder import Recorder, RecordingError, fit, save_png
 from app.render import RENDER_MODES, Renderer, create_offscreen_context, picture_size
+from app.report import RunReport
 from app.state import N_CHOICES, ViewerState, grid_for, view_to_domain
+from precond.dumps import load_system
 from sim.scene import load_scene
 from sim.simulation import Simulation
 
 ROOT = Path(__file__).resolve().parent.parent
 DAMBREAK = ROOT / "scenes" / "dambreak.yaml"
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------------ helpers
@@ -55,8 +58,7 @@ def video_info(path: Path) -> tuple[int, tuple[int, int]]:
 
 @pytest.fixture(scope="module")
 def sim() -> Simulation:
-    scene = load_scene(DAMBREAK)
-    return Simulation(scene, precond.Solver(scene.solver.method, tol=scene.solver.tol))
+    return Simulation.from_scene(load_scene(DAMBREAK, methods=precond.METHODS))
 
 
 @pytest.fixture(scope="module")
@@ -232,6 +234,28 @@ def test_unwritable_targets_give_one_clear_message_and_the_run_goes_on(sim, gl, 
     assert err[1].startswith("RecordingError: cannot write screenshot") and str(missing) in err[1]
 
 
+def test_headless_report_dumps_the_systems_the_frames_solved(sim, tmp_path):
+    from app.headless import run_headless
+    solved = []
+    report = RunReport(sim, dump_dir=str(tmp_path), dump_every=2, quiet=True)
+    run_headless(sim, 4, on_frame=report.on_frame,
+                 on_system=lambda system, b: (solved.append((sim.frame, system, b)), report.on_system(system, b)))
+    report.close()
+    first = solved[0][0]
+    assert [frame for frame, _, _ in solved] == [first, first + 1, first + 2, first + 3]
+    dumped = {int(path.stem[5:]): path for path in tmp_path.glob("frame*.npz")}
+    assert sorted(dumped) == [frame for frame, _, _ in solved if frame % 2 == 0]
+    for frame, system, b in solved:
+        if frame % 2:
+            continue
+        again, rhs, meta = load_system(dumped[frame])
+        for name in ("diag", "cx", "cy"):
+            assert np.array_equal(getattr(again, name).numpy(), getattr(system, name).numpy())
+        assert np.array_equal(rhs.numpy(), b.numpy())
+        assert meta == dict(frame=frame, nx=sim.nx, ny=sim.ny, ratio=sim.ratio, scene=sim.scene.name)
+    assert [s.frame for s in report.frames] == [frame for frame, _, _ in solved]
+
+
 def test_run_window_without_display_suggests_headless(sim, monkeypatch, capsys):
     from app.viewer import run_window
     monkeypatch.delenv("DISPLAY", raising=False)
@@ -266,6 +290,7 @@ def xvfb():
     proc.wait(timeout=10)
 
 
+@pytest.mark.slow
 def test_window_screenshot_and_recording(xvfb, tmp_path):
     shot, video = tmp_path / "out.png", tmp_path / "out.mp4"
     run = subprocess.run([sys.executable, str(ROOT / "main.py"), str(DAMBREAK), "--frames", "20", "--screenshot",
@@ -288,6 +313,7 @@ def _interrupted_recording(cmd: list[str], env: dict[str, str], video: Path, rea
     return proc
 
 
+@pytest.mark.slow
 def test_sigint_finishes_the_recording_headless(tmp_path):
     video = tmp_path / "int.mp4"
     cmd = [sys.executable, str(ROOT / "main.py"), str(DAMBREAK), "--headless", "--frames", "1000", "--record",
@@ -303,6 +329,7 @@ def test_sigint_finishes_the_recording_headless(tmp_path):
     assert 4 <= frames < 1000 and size == (1080, 540)
 
 
+@pytest.mark.slow
 def test_sigint_closes_the_window_and_finishes_the_recording(xvfb, tmp_path):
     video = tmp_path / "win.mp4"
     cmd = [sys.executable, str(ROOT / "main.py"), str(DAMBREAK), "--record", str(video)]

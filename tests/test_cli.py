@@ -17,6 +17,16 @@ import main  # noqa: E402
 DAMBREAK = str(ROOT / "scenes" / "dambreak.yaml")
 
 
+@pytest.fixture
+def nothing_is_built(monkeypatch):
+    """Fail the test if main gets as far as reading the scene (it must stop before)."""
+    import sim.scene
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("main read the scene before refusing")
+    monkeypatch.setattr(sim.scene, "load_scene", refuse)
+
+
 def _error_line(capsys) -> str:
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
@@ -57,7 +67,7 @@ def test_bad_scene_names_file_field_and_expectation(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flag", ["--stats-json", "--record", "--screenshot"])
-def test_unwritable_output_is_refused_before_the_run(flag, tmp_path, capsys):
+def test_unwritable_output_is_refused_before_the_run(flag, tmp_path, capsys, nothing_is_built):
     target = str(tmp_path / "no" / "such" / "dir" / "out.file")
     with pytest.raises(SystemExit) as exit_info:
         main.main([DAMBREAK, "--headless", flag, target])
@@ -74,6 +84,7 @@ def test_cuda_without_a_gpu_is_a_clear_error(capsys):
     assert "--device cpu" in _error_line(capsys)
 
 
+@pytest.mark.slow
 def test_headless_run_reports_each_frame_and_a_summary(tmp_path):
     stats = tmp_path / "stats.jsonl"
     run = subprocess.run([sys.executable, str(ROOT / "main.py"), DAMBREAK, "--headless", "--frames", "4",
@@ -93,6 +104,7 @@ def test_headless_run_reports_each_frame_and_a_summary(tmp_path):
     assert out.count("frame ") >= 4  # a progress line per frame
 
 
+@pytest.mark.slow
 def test_bench_writes_table_and_plot(tmp_path):
     run = subprocess.run([sys.executable, "-m", "precond.bench", "--sizes", "1024", "--ratios", "1000",
                           "--methods", "jacobi", "mgpcg", "--repeats", "1", "--frame", "3",
@@ -121,7 +133,7 @@ def test_bench_interleaves_the_solvers_and_takes_medians():
     assert out["a"]["solve_ms"] == 3.0 and out["b"]["solve_ms"] == 4.0 and out["a"]["iterations"] == 3
 
 
-def test_window_without_display_says_so_before_building_anything(monkeypatch, capsys):
+def test_window_without_display_says_so_before_building_anything(monkeypatch, capsys, nothing_is_built):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     assert main.main([DAMBREAK]) == 2

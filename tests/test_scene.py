@@ -1,11 +1,22 @@
 """Scene files: the shipped scenes load, and every kind of bad file fails with one line naming file and field."""
+import subprocess
+import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from sim.scene import Box, Circle, HalfPlane, Scene, SceneError, load_scene, parse_scene
+from precond import METHODS
+from sim import limits
+from sim.limits import Range
+from sim.scene import Box, Circle, HalfPlane, Scene, SceneError
+from sim.scene import load_scene as _load_scene
+from sim.scene import parse_scene as _parse_scene
 
-SCENES = sorted((Path(__file__).resolve().parent.parent / "scenes").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parent.parent
+SCENES = sorted((ROOT / "scenes").glob("*.yaml"))
+load_scene = partial(_load_scene, methods=METHODS)
+parse_scene = partial(_parse_scene, methods=METHODS)
 GOOD = """\
 name: test
 grid: {nx: 32, ny: 16}
@@ -133,17 +144,45 @@ def test_bad_yaml(tmp_path, text, where):
     assert where in message
 
 
-def test_scene_error_is_a_value_error():
-    assert issubclass(SceneError, ValueError)
+@pytest.mark.parametrize("name, narrow, text, field", [
+    ("RATIO", Range(1.0, 50.0), "ratio: 60\n", "ratio"),
+    ("TOLERANCE", Range(1e-14, 0.01), "solver: {tol: 0.05}\n", "solver.tol"),
+    ("GRID_SIDE", Range(8, 50, integer=True), "grid: {nx: 60}\n", "grid.nx"),
+    ("SUBSTEPS", Range(1, 16, integer=True), "time: {max_substeps: 20}\n", "time.max_substeps"),
+    ("FRAME_DT", Range(0.0, 0.04, above=True), "time: {frame_dt: 0.05}\n", "time.frame_dt"),
+    ("COORDINATE", Range(-50.0, 50.0), "shapes:\n  - {type: circle, center: [0.5, 60], radius: 0.1}\n",
+     "shapes[0].center[1]"),
+])
+def test_scene_ranges_come_from_sim_limits(tmp_path, monkeypatch, name, narrow, text, field):
+    """Narrow one limit: the loader follows it, wording included (a literal of its own would not)."""
+    load_scene(_write(tmp_path, text))  # valid under the real limits
+    monkeypatch.setattr(limits, name, narrow)
+    assert f": {field}: expected {narrow.expected()}, got" in _error(tmp_path, text)
+
+
+def test_reading_a_scene_needs_no_solver_and_no_taichi():
+    """The scene names a method; the solver registry (the caller) validates it."""
+    code = ("import sys; import sim.scene; "
+            "print(sorted(m for m in ('precond', 'torch', 'scipy', 'taichi') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
+
+
+def test_method_names_come_from_the_caller(tmp_path):
+    path = _write(tmp_path, GOOD + "solver: {method: mine}\n")
+    assert _load_scene(path, methods=("mine",)).solver.method == "mine"
+    with pytest.raises(SceneError, match=r": solver\.method: expected one of mgpcg, got 'mine'$"):
+        _load_scene(path, methods=("mgpcg",))
 
 
 def test_overrides():
     scene = parse_scene({"grid": {"nx": 32, "ny": 16}}, "x")
-    out = scene.with_overrides(grid=(64, 64), ratio=10, solver="jacobi", tol=1e-8, maxiter=50)
+    out = scene.with_overrides(methods=METHODS, grid=(64, 64), ratio=10, solver="jacobi", tol=1e-8, maxiter=50)
     assert (out.grid.nx, out.grid.ny, out.ratio) == (64, 64, 10.0)
     assert (out.solver.method, out.solver.tol, out.solver.maxiter) == ("jacobi", 1e-8, 50)
-    assert scene.with_overrides() == scene
+    assert scene.with_overrides(methods=METHODS) == scene
     for kwargs, field in ((dict(ratio=2000), "--ratio"), (dict(grid=(4, 16)), "--grid nx"),
                           (dict(solver="magic"), "--solver"), (dict(tol=-1.0), "--tol")):
         with pytest.raises(SceneError, match=f"^command line: {field}: expected"):
-            scene.with_overrides(**kwargs)
+            scene.with_overrides(methods=METHODS, **kwargs)

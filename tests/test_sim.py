@@ -8,28 +8,26 @@ import pytest
 import torch
 from scipy.ndimage import map_coordinates
 
-from precond import PoissonSystem, SolveResult, Solver
+from precond import METHODS, PoissonSystem, SolveResult, Solver
 from precond.synthetic import two_phase_system
-from sim import FrameStats, Simulation, SimulationError, load_scene
-from sim.levelset import reinitialize
-from sim.scene import parse_scene
+from sim import backend, grid, levelset
+from sim.projection import assemble
+from sim.scene import load_scene, parse_scene
+from sim.simulation import Simulation, SimulationError
+from sim.stats import FrameStats
 
 SCENES = Path(__file__).resolve().parent.parent / "scenes"
 EPS32 = float(np.finfo(np.float32).eps)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Taichi's and torch's thread pools fight over 2 cores (a solve can take 100x longer); tests use one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _scene(shapes, nx=32, ny=16, ratio=1000.0, top="wall", **extra):
     return parse_scene({"grid": {"nx": nx, "ny": ny}, "ratio": ratio, "boundary": {"top": top},
-                        "shapes": shapes, **extra}, "test")
+                        "shapes": shapes, **extra}, "test", methods=METHODS)
+
+
+def _shipped(name, grid, **overrides):
+    return load_scene(SCENES / f"{name}.yaml", methods=METHODS).with_overrides(methods=METHODS, grid=grid, **overrides)
 
 
 def _sim(scene):
@@ -42,7 +40,20 @@ def _dambreak(nx=32, ny=16, ratio=1000.0, top="wall", **extra):
 
 
 def _face_velocities(sim):
-    return sim._s.read("u", (sim.nx + 1, sim.ny)), sim._s.read("v", (sim.nx, sim.ny + 1))
+    state = sim.state()
+    return state["u"], state["v"]
+
+
+def _step_keeping_system(sim):
+    """Step once; (stats, the frame's last Poisson system, its right-hand side)."""
+    kept = []
+    stats = sim.step(on_system=lambda system, b: kept.append((system, b)))
+    (system, b), = kept
+    return stats, system, b
+
+
+class _Owner:
+    """Something a grid state can belong to (the pool takes it back when this dies)."""
 
 
 def _sharp_volume(phi):
@@ -55,14 +66,15 @@ def _sharp_volume(phi):
 
 
 # ---------------------------------------------------------------------- the Poisson system
+SHAPES = [{"type": "box", "min": [0, 0], "max": [1.2, 0.35]},
+          {"type": "circle", "center": [0.5, 0.7], "radius": 0.15, "velocity": [0.5, -1]},
+          {"type": "circle", "center": [0.9, 0.15], "radius": 0.1, "phase": "air"}]
+
+
 @pytest.mark.parametrize("top", ["open", "wall"])
-def test_assembled_matrix_is_spd_and_follows_the_face_rule(top):
-    sim = _sim(_scene([{"type": "box", "min": [0, 0], "max": [1.2, 0.35]},
-                       {"type": "circle", "center": [0.5, 0.7], "radius": 0.15, "velocity": [0.5, -1]},
-                       {"type": "circle", "center": [0.9, 0.15], "radius": 0.1, "phase": "air"}],
-                      nx=12, ny=10, ratio=1000.0, top=top))
-    sim.step()
-    system = sim.last_system
+def test_assembled_matrix_is_spd(top):
+    sim = _sim(_scene(SHAPES, nx=12, ny=10, ratio=1000.0, top=top))
+    _, system, b = _step_keeping_system(sim)
     assert isinstance(system, PoissonSystem) and system.shape == (12, 10) and system.dtype == torch.float64
     a = system.to_csr().toarray()
     assert np.array_equal(a, a.T)
@@ -72,21 +84,40 @@ def test_assembled_matrix_is_spd_and_follows_the_face_rule(top):
     else:  # closed box: positive semi-definite, null space exactly the constants
         assert abs(w[0]) < 1e-12 * w[-1] and w[1] > 1e-6 * w[-1] and system.singular
         assert np.abs(a @ np.ones(a.shape[0])).max() < 1e-12 * w[-1]
-    # The same face rule as precond.synthetic, on the level set the system was built from.
-    ref = two_phase_system(sim._s.read("phi_a", (12, 10)), 1000.0, open_top=top == "open")
-    for name in ("diag", "cx", "cy"):
-        np.testing.assert_allclose(getattr(system, name).numpy(), getattr(ref, name).numpy(), rtol=1e-5, atol=1e-7)
-    assert sim.last_rhs.shape == (120,) and sim.last_rhs.dtype == torch.float64
+    assert b.shape == (120,) and b.dtype == torch.float64
+
+
+@pytest.mark.parametrize("top", ["open", "wall"])
+def test_assembly_follows_the_face_rule_and_the_flux_balance(top):
+    """The assembly kernel on a given level set and u*: precond.synthetic's face rule, b = -(outward u* flux)."""
+    nx, ny = 12, 10
+    backend.init("cpu")
+    owner = _Owner()
+    state = grid.acquire(owner, nx, ny)
+    state.set_size(nx, ny, top == "open")
+    state.write("phi_a", levelset.initial_phi(_scene(SHAPES, nx, ny).shapes, nx, ny))
+    rng = np.random.default_rng(0)
+    state.write("us", rng.standard_normal((nx + 1, ny)))
+    state.write("vs", rng.standard_normal((nx, ny + 1)))
+    packed = torch.empty((4, nx, ny), dtype=torch.float64)
+    speed, flags = assemble(state, packed, 1e-3)
+    assert flags == 0
+    ref = two_phase_system(state.read("phi_a", (nx, ny)), 1000.0, open_top=top == "open")
+    for k, name in enumerate(("diag", "cx", "cy")):
+        np.testing.assert_allclose(packed[k].numpy(), getattr(ref, name).numpy(), rtol=1e-5, atol=1e-7)
+    us, vs = state.read("us", (nx + 1, ny)), state.read("vs", (nx, ny + 1))
+    np.testing.assert_allclose(packed[3].numpy(), -(us[1:] - us[:-1] + vs[:, 1:] - vs[:, :-1]), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("scene", ["dambreak", "drop"])
 def test_divergence_after_projection_is_the_solver_residual(scene):
-    sim = _sim(load_scene(SCENES / f"{scene}.yaml").with_overrides(grid=(32, 16) if scene == "dambreak" else (24, 24)))
-    for _ in range(12):
-        stats = sim.step()
+    sim = _sim(_shipped(scene, (32, 16) if scene == "dambreak" else (24, 24)))
+    for _ in range(11):
+        sim.step()
+    stats, _, b = _step_keeping_system(sim)
     u, v = _face_velocities(sim)
     div = (u[1:] - u[:-1] + v[:, 1:] - v[:, :-1]).reshape(-1)  # outward flux per cell, the units of b
-    b = sim.last_rhs.numpy()
+    b = b.numpy()
     tol = sim.solver.tol
     assert stats.converged and stats.residual <= tol
     # div = b - A p exactly, plus the float32 rounding of the four face velocities of every cell.
@@ -114,6 +145,7 @@ def test_hydrostatic_rest_at_1000_to_1(top):
     assert abs(sim.water_volume() - 0.37) < 1e-4
 
 
+@pytest.mark.slow
 def test_dambreak_keeps_its_volume_over_1000_frames():
     """N = 4,096 (64 x 64), the dam break's fractions: the column is 20% wide and 60% high."""
     sim = _sim(_dambreak(64, 64))
@@ -131,17 +163,21 @@ def test_dambreak_keeps_its_volume_over_1000_frames():
 def test_volume_correction_restores_the_target(correct):
     sim = _sim(_dambreak(volume_correction=correct))
     target = sim.water_volume()
-    reinitialize(sim._s, 0.3 / sim.ny)  # the interface moves 0.3 cells into the water: a volume loss
+    state = sim.state()
+    state["phi"] += 0.3 / sim.ny  # the interface moves 0.3 cells into the water: a volume loss
+    sim.restore(state)
+    assert sim.water_volume() < 0.97 * target
     for _ in range(4):
         sim.step()
     error = abs(sim.water_volume() / target - 1.0)
     assert error < 0.005 if correct else error > 0.02
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, grid", [("dambreak", (32, 16)), ("drop", (24, 24)), ("bubbles", (16, 24)),
                                         ("sloshing", (32, 16))])
 def test_every_scene_runs_500_frames_at_1000_to_1(name, grid):
-    scene = load_scene(SCENES / f"{name}.yaml").with_overrides(grid=grid, ratio=1000.0)
+    scene = _shipped(name, grid, ratio=1000.0)
     sim = _sim(scene)
     start = sim.water_volume()
     for _ in range(500):
@@ -154,14 +190,41 @@ def test_every_scene_runs_500_frames_at_1000_to_1(name, grid):
 
 
 # ---------------------------------------------------------------------- failure
+class _SteepSolver(Solver):
+    """A finite pressure rising by 1e300 per column: the projected u overflows float32, v stays finite."""
+
+    def solve(self, system, b, x0=None):
+        nx, ny = system.shape
+        x = (1e300 * torch.arange(nx, dtype=torch.float64)).repeat_interleave(ny)
+        return SolveResult(x, 1, 0.0, True, 0.0, "steep")
+
+
 def test_non_finite_velocity_stops_the_step():
     sim = _sim(_dambreak())
     for _ in range(3):
         sim.step()
-    sim._s.u[5, 4] = float("nan")
+    sim.set_solver(_SteepSolver())
+    with pytest.raises(SimulationError, match=r"^frame 4 \(t = 0\.0500 s\): non-finite velocity u from the steep solve"):
+        sim.step()
+    sim.set_solver(Solver("mgpcg"))  # the infinite u is in the state now: the next step must refuse to start
     with pytest.raises(SimulationError, match=r"^frame 4 \(t = 0\.0500 s\): non-finite velocity u in the state"):
         sim.step()
     assert sim.frame == 3
+
+
+def test_restore_refuses_a_non_finite_or_misshapen_state_and_keeps_its_own():
+    sim = _sim(_dambreak())
+    sim.step()
+    before = sim.state()
+    bad = sim.state()
+    bad["v"][3, 4] = 1e300  # finite in float64, not in the float32 state
+    with pytest.raises(ValueError, match=r"^v: expected finite values, got 1 non-finite"):
+        sim.restore(bad)
+    with pytest.raises(ValueError, match=r"^u: expected an array of shape \(33, 16\)"):
+        sim.restore({**before, "u": np.zeros((32, 16))})
+    after = sim.state()
+    for name in before:
+        np.testing.assert_array_equal(before[name], after[name])
 
 
 class _BrokenSolver(Solver):
@@ -195,6 +258,7 @@ def test_fields_and_stats():
     assert stats.frame == sim.frame == 1 and stats.time == pytest.approx(1 / 60) == sim.time
     assert stats.iterations > 0 and stats.converged and not stats.fell_back and stats.solver == "mgpcg"
     assert stats.ms_total >= stats.ms_advect + stats.ms_assemble + stats.ms_pcg + stats.ms_project
+    assert stats.ms_sim == stats.ms_advect + stats.ms_assemble + stats.ms_project
     f = sim.fields()
     assert set(f) == {"phi", "rho", "pressure", "speed", "vorticity", "u", "v"}
     for value in f.values():
@@ -214,6 +278,11 @@ def test_substeps_follow_the_cfl_number():
     capped = _sim(replace(base, time=replace(base.time, max_substeps=1)))
     stats = capped.step()
     assert stats.substeps == 1 and stats.cfl > base.time.cfl  # reported, not hidden
+    fast.set_max_substeps(1)
+    stats = fast.step()
+    assert stats.substeps == 1 and fast.scene.time.max_substeps == 1
+    with pytest.raises(ValueError, match="max_substeps: expected an integer from 1 to 64"):
+        fast.set_max_substeps(0)
 
 
 def test_resize_and_set_ratio_mid_run():
@@ -225,9 +294,10 @@ def test_resize_and_set_ratio_mid_run():
         sim.resize(nx, ny)
         assert (sim.nx, sim.ny) == (nx, ny) and sim.fields()["phi"].shape == (nx, ny)
         assert sim.water_volume() == pytest.approx(volume, rel=0.05)
-        for _ in range(10):
-            stats = sim.step()
-        assert stats.converged and sim.last_system.shape == (nx, ny)
+        for _ in range(9):
+            sim.step()
+        stats, system, _ = _step_keeping_system(sim)
+        assert stats.converged and system.shape == (nx, ny)
     sim.set_ratio(10.0)
     for _ in range(10):
         stats = sim.step()

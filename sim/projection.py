@@ -10,27 +10,15 @@ coefficients (walls: 0; the open top: p = 0 outside, so its coefficient goes on 
 only) and b = -(sum of outward u* fluxes), in velocity units. After the solve the divergence
 of u is exactly the residual b - A p_hat, up to float32 rounding of the velocity.
 
-Gravity is added to u* on every vertical face and balanced by the same face coefficient, so a
-flat interface at rest stays at rest to solver tolerance.
+Gravity (sim.forces) is in u* on every vertical face and is balanced by the same face
+coefficient, so a flat interface at rest stays at rest to solver tolerance.
 
-Non-finite values are flagged in s.size[3]: 1 velocity u, 2 velocity v, 4 level set phi,
-8 the assembled system, 16 the solver's pressure.
+Non-finite values are flagged as sim.checks describes: the assembled system (BAD_SYSTEM), the
+solver's pressure (BAD_PRESSURE) and the projected velocity.
 """
 import taichi as ti
 
-BAD_U, BAD_V, BAD_PHI, BAD_SYSTEM, BAD_PRESSURE = 1, 2, 4, 8, 16
-
-
-@ti.func
-def finite(x: ti.f32) -> bool:
-    """False for NaN and +-inf (by the exponent bits, so fast-math cannot fold it away)."""
-    return (ti.bit_cast(x, ti.i32) & 0x7F800000) != 0x7F800000
-
-
-@ti.func
-def finite64(x: ti.f64) -> bool:
-    exponent = ti.i64(0x7FF0000000000000)
-    return (ti.bit_cast(x, ti.i64) & exponent) != exponent
+from .checks import BAD_PRESSURE, BAD_SYSTEM, finite64, report, scan_point
 
 
 @ti.func
@@ -44,45 +32,11 @@ def face_coefficient(a: ti.f32, b: ti.f32, inv_ratio: ti.f32) -> ti.f32:
     return theta * inv_ratio + (1.0 - theta)
 
 
-@ti.func
-def scan_point(s: ti.template(), i: ti.i32, j: ti.i32, nx: ti.i32, ny: ti.i32) -> ti.f32:
-    """OR the flags of non-finite u[i, j], v[i, j], phi[i, j] (those that exist) into s.size[3]; max |u|, |v| there."""
-    m = 0.0
-    if j < ny:
-        x = s.u[i, j]
-        if not finite(x):
-            ti.atomic_or(s.size[3], BAD_U)
-        m = ti.abs(x)
-    if i < nx:
-        y = s.v[i, j]
-        if not finite(y):
-            ti.atomic_or(s.size[3], BAD_V)
-        m = ti.max(m, ti.abs(y))
-        if j < ny and not finite(s.phi[i, j]):
-            ti.atomic_or(s.size[3], BAD_PHI)
-    return m
-
-
 @ti.kernel
-def check(s: ti.template()) -> ti.f32:
-    """Largest |u|, |v| on the faces, or minus the flags of the non-finite fields."""
-    nx, ny = s.size[0], s.size[1]
-    s.size[3] = 0
-    vmax = 0.0
-    for i in range(nx + 1):
-        m = 0.0  # per-row partial results: one atomic per row, not per cell
-        for j in range(ny + 1):
-            m = ti.max(m, scan_point(s, i, j, nx, ny))
-        ti.atomic_max(vmax, m)
-    out = vmax
-    if s.size[3] != 0:
-        out = -ti.cast(s.size[3], ti.f32)
-    return out
+def assemble(s: ti.template(), system: ti.types.ndarray(dtype=ti.f64, ndim=3), inv_ratio: ti.f32) -> ti.math.vec2:
+    """cu, cv = face coefficients from phi_a; system[0..3] = diag, cx, cy, b.
 
-
-@ti.kernel
-def assemble(s: ti.template(), system: ti.types.ndarray(dtype=ti.f64, ndim=3), inv_ratio: ti.f32) -> ti.i32:
-    """cu, cv = face coefficients from phi_a; system[0..3] = diag, cx, cy, b. Returns BAD_SYSTEM if any is not finite."""
+    Reports (0, BAD_SYSTEM if any of them is not finite)."""
     nx, ny, open_top = s.size[0], s.size[1], s.size[2]
     s.size[3] = 0
     for i in range(nx):
@@ -120,15 +74,15 @@ def assemble(s: ti.template(), system: ti.types.ndarray(dtype=ti.f64, ndim=3), i
                 s.cv[i, 0] = 0.0
             if not (finite64(diag) and finite64(flux)):
                 ti.atomic_or(s.size[3], BAD_SYSTEM)
-    return s.size[3]
+    return report(s, 0.0)
 
 
 @ti.kernel
-def project(s: ti.template(), x: ti.types.ndarray(dtype=ti.f64, ndim=1), to_pressure: ti.f64) -> ti.f32:
-    """u = u* - c grad p_hat, p = p_hat * to_pressure (= h / dt), phi = phi_a; returns the new max |u|, |v|.
+def project(s: ti.template(), x: ti.types.ndarray(dtype=ti.f64, ndim=1), to_pressure: ti.f64) -> ti.math.vec2:
+    """u = u* - c grad p_hat, p = p_hat * to_pressure (= h / dt), phi = phi_a; reports the new max |u|, |v|.
 
-    A non-finite pressure leaves the state untouched and returns -BAD_PRESSURE; a non-finite
-    velocity after the update returns minus its flags.
+    A non-finite pressure leaves the state untouched and is reported as BAD_PRESSURE; a non-finite
+    velocity after the update is reported by its flags.
     """
     nx, ny, open_top = s.size[0], s.size[1], s.size[2]
     s.size[3] = 0
@@ -157,7 +111,4 @@ def project(s: ti.template(), x: ti.types.ndarray(dtype=ti.f64, ndim=1), to_pres
                     s.phi[i, j] = s.phi_a[i, j]
                 m = ti.max(m, scan_point(s, i, j, nx, ny))
         ti.atomic_max(vmax, m)
-    out = vmax
-    if s.size[3] != 0:
-        out = -ti.cast(s.size[3], ti.f32)
-    return out
+    return report(s, vmax)
