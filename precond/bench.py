@@ -155,7 +155,8 @@ def machine(device: str) -> str:
 
 
 def _table(header: list[str], body: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header), *("| " + " | ".join(r) + " |" for r in body)]
+    line = lambda cells: "| " + " | ".join(cells) + " |"
+    return [line(header), line(["---"] * len(header)), *map(line, body)]
 
 
 def markdown(rows: list[dict], ablations: list[dict], ablation_its: dict[str, dict[str, tuple[int, bool]]],

@@ -125,7 +125,7 @@ class CoarseSpace:
 
 @shape_cache()
 def coarse_space(part: Partition, segments: int, rank: int) -> CoarseSpace:
-    """The (cached) coarse space of `part` with `rank` functions per cluster on a basis of `segments` pieces per side."""
+    """The (cached) coarse space of `part`: `rank` functions per cluster, on leaf bases of `segments` pieces per side."""
     return CoarseSpace(part, segments, _prolongation(part, segments, rank))
 
 

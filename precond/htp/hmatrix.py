@@ -89,7 +89,7 @@ class HMatrix:
         [x^T Q, x^T P] to the coefficients on Q^T and P^T. `coarse_inverse` holds F_c F_c^T of every
         inner cluster (depth-major). `cell_slot` is every cell's position in the chunk layout.
         """
-        q, kk = self.basis, self.leaf_corr
+        q, corr = self.basis, self.leaf_corr                                                  # Q, K
         size, nb = q.shape[1:]
         operators = self.leaf_operators.clone()
         operators[..., :size].diagonal(dim1=1, dim2=2).add_(self.eps)
@@ -99,9 +99,9 @@ class HMatrix:
         self.slot = slot
         pos = self.part.cell_position().to(slot.device)
         self.cell_slot = slot[pos // size] * size + pos % size
-        kt = kk.transpose(1, 2)
-        self.mix = torch.cat([torch.cat([kk @ (q.transpose(1, 2) @ q) @ kt, kk], -1),    # rows: x^T Q,
-                              torch.cat([kt, torch.zeros_like(kk)], -1)], 1)              #       x^T P
+        corr_t = corr.transpose(1, 2)
+        self.mix = torch.cat([torch.cat([corr @ (q.transpose(1, 2) @ q) @ corr_t, corr], -1),  # rows: x^T Q,
+                              torch.cat([corr_t, torch.zeros_like(corr)], -1)], 1)             #       x^T P
         r = self.space.rank
         self.prolongation = self.space.stacked(q.dtype, q.device)                        # (nl, nb, depth r)
         f = torch.cat(self.coarse_factor) if self.coarse_factor else q.new_zeros(0, r, r)

@@ -15,7 +15,7 @@ highways, and a leaf sees the whole grid after one layer at O(N) cost (no N^2 at
 Heads. A leaf head writes the low-rank leaf-block correction K_i. One cluster head, shared by
 all depths so the same weights serve every grid size, reads the mean tokens of a cluster's two
 halves and the cluster's geometry (extents, height, split axis, which walls it touches) and
-writes the r x r correction T_c of its far-field factor (see hmatrix.py). The last layers start
+writes X_c, the r x r correction T_c = I + X_c of its far-field factor (see hmatrix.py). The last layers start
 at zero, so an untrained network is the analytic preconditioner: block-Jacobi leaves plus
 Galerkin coarse levels.
 """
