@@ -227,7 +227,7 @@ class Simulation:
             solves.append(result)
             self.time += dt
             remaining -= dt
-        with clock.phase("advect"):
+        with clock.phase("advect"):  # the level set's upkeep counts as advection (FrameStats.ms_advect)
             self._reinitialise()
         self.frame += 1
         stats = clock.stats(self.frame, self.time, dt, cfl, solves, self._volume)
