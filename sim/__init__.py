@@ -6,7 +6,7 @@
     stats       `FrameStats`, what a step reports, and the clock that times it
     grid        the Taichi fields of a state, pooled by capacity; re-sampling onto another grid
     advect      transport of velocity and level set
-    forces      gravity and the mouse's push
+    forces      the mouse's push (gravity is added in advect's pass)
     projection  the Poisson system A p = b and the velocity update
     levelset    initial shapes, reinitialisation, water volume
     checks      the non-finite guards every kernel shares
