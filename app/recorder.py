@@ -17,6 +17,8 @@ import imageio.v3 as iio
 import imageio_ffmpeg
 import numpy as np
 
+from .preflight import RECORD_SUFFIXES
+
 GIF_FPS = 25  # browsers slow down GIFs with frame delays under 20 ms
 
 
@@ -66,22 +68,32 @@ def fit(picture: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 class Recorder:
     """Frames of one fixed size into an MP4 (H.264, yuv420p) or, for a .gif path, an animated GIF.
 
-    One `write` is one video frame at `fps`, so the video plays at simulation speed however long
-    each frame took to compute. Frames of another size are letterboxed into the recording's size.
+    One `write` is one frame of the input at `fps` (the simulation's frame rate), so the video plays
+    at simulation speed however long each frame took to compute; `out_fps` (default: `fps`) is the
+    file's frame rate, to which ffmpeg drops or repeats frames (a GIF's is at most GIF_FPS).
+    Frames of another size are letterboxed into the recording's size. A path not ending in .mp4 or
+    .gif raises RecordingError.
     """
 
-    def __init__(self, path: str | os.PathLike, size: tuple[int, int], fps: float = 60.0) -> None:
+    def __init__(self, path: str | os.PathLike, size: tuple[int, int], fps: float = 60.0,
+                 out_fps: float | None = None) -> None:
         w, h = size
         if w < 2 or h < 2 or w % 2 or h % 2:
             raise ValueError(f"recording size: expected even width and height, got {w}x{h}")
         self.path, self.size, self.fps, self.frames = Path(path), (w, h), float(fps), 0
+        self.out_fps = float(out_fps or fps)
+        suffix = self.path.suffix.lower()
+        if suffix not in RECORD_SUFFIXES:
+            raise RecordingError(f"cannot record to {str(self.path)!r}: expected a name ending in "
+                                 f"{' or '.join(RECORD_SUFFIXES)}")
         _probe(self.path, "recording")
-        if self.path.suffix.lower() == ".gif":
-            codec = ["-vf", f"fps={min(self.fps, GIF_FPS):g},split[a][b];[a]palettegen=max_colors=96:stats_mode=diff[p];"
-                            "[b][p]paletteuse=dither=bayer:bayer_scale=3:diff_mode=rectangle", "-loop", "0"]
+        if suffix == ".gif":
+            codec = ["-vf", f"fps={min(self.out_fps, GIF_FPS):g},split[a][b];[a]palettegen=max_colors=96:"
+                            "stats_mode=diff[p];[b][p]paletteuse=dither=bayer:bayer_scale=3:diff_mode=rectangle",
+                     "-loop", "0"]
         else:
-            codec = ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "veryfast", "-crf", "18",
-                     "-movflags", "+faststart", "-f", "mp4"]
+            codec = ["-r", f"{self.out_fps:g}", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "veryfast",
+                     "-crf", "18", "-movflags", "+faststart", "-f", "mp4"]
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
                "-s", f"{w}x{h}", "-r", f"{self.fps:g}", "-i", "-", *codec, str(self.path)]
         self._log: IO[bytes] = tempfile.TemporaryFile()

@@ -2,50 +2,106 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO
 
 import torch
 
 from precond import PoissonSystem
 from precond.dumps import save_system
+from sim import limits
 from sim.simulation import Simulation
 from sim.stats import FrameStats
 
+from .preflight import OutputError
+
+
+FRAME_RECORD_BYTES = 600  # what the report keeps per frame (a FrameStats: measured 544 bytes)
+
 
 class RunReport:
-    """Feed it every frame's stats (`on_frame`) and Poisson system (`on_system`); `summary()` gives the closing table."""
+    """Feed it every frame's stats (`on_frame`) and Poisson system (`on_system`); `summary()` gives the closing table.
+
+    The stats file holds whole JSON lines only, and each dump is written under a temporary name and
+    then renamed: a write that fails (a full disk) raises OutputError and leaves what was written
+    before intact. A fallback's reason and a CFL number beyond what the advection tolerates are
+    printed in full on the first progress line they occur on, and marked on the later ones."""
 
     def __init__(self, sim: Simulation, stats_json: str | None = None, dump_dir: str | None = None,
                  dump_every: int = 1, quiet: bool = False, out: IO[str] = sys.stdout) -> None:
         self.sim, self.quiet, self.out = sim, quiet, out
         self.frames: list[FrameStats] = []
-        self.json_file = open(stats_json, "w") if stats_json else None
+        self.initial_volume = sim.water_volume()
+        self._said: set[str] = set()  # notes already printed in full
+        self.stats_path = stats_json
+        self._written = 0  # bytes of whole lines in the stats file
+        try:
+            self.json_file: BinaryIO | None = open(stats_json, "wb", buffering=0) if stats_json else None
+        except OSError as err:
+            raise OutputError(f"--stats-json: cannot write {stats_json!r} ({err.strerror})") from None
         self.dump_dir = Path(dump_dir) if dump_dir else None
-        if self.dump_dir:
-            self.dump_dir.mkdir(parents=True, exist_ok=True)
         self.dump_every = max(1, dump_every)
 
     def on_system(self, system: PoissonSystem, b: torch.Tensor) -> None:
         """Dump the system of every `dump_every`-th frame, if dumping (the sim's frame is the one just stepped)."""
         frame = self.sim.frame
-        if self.dump_dir and frame % self.dump_every == 0:
-            save_system(self.dump_dir / f"frame{frame:05d}.npz", system, b, frame=frame, nx=self.sim.nx,
-                        ny=self.sim.ny, ratio=self.sim.ratio, scene=self.sim.scene.name)
+        if not (self.dump_dir and frame % self.dump_every == 0):
+            return
+        final = self.dump_dir / f"frame{frame:05d}.npz"
+        partial = self.dump_dir / f".partial-{final.name}"
+        try:
+            save_system(partial, system, b, frame=frame, nx=self.sim.nx, ny=self.sim.ny, ratio=self.sim.ratio,
+                        scene=self.sim.scene.name)
+            os.replace(partial, final)
+        except OSError as err:
+            partial.unlink(missing_ok=True)
+            raise OutputError(f"--dump-systems: cannot write {str(final)!r} ({err.strerror or err}); "
+                              f"the dumps before it are complete") from None
 
     def on_frame(self, stats: FrameStats) -> None:
         self.frames.append(stats)
         if self.json_file:
-            self.json_file.write(json.dumps(asdict(stats)) + "\n")
-            self.json_file.flush()
+            self._write_json(json.dumps(asdict(stats)).encode() + b"\n")
         if not self.quiet:
-            mark = "  FELL BACK: " + stats.note if stats.fell_back else ""
             print(f"frame {stats.frame:5d}  {stats.ms_total:7.1f} ms  {stats.solver:>7s} {stats.iterations:4d} it  "
-                  f"res {stats.residual:.1e}  substeps {stats.substeps}  volume {stats.volume:.4f}{mark}",
-                  file=self.out, flush=True)
+                  f"res {stats.residual:.1e}  substeps {stats.substeps}  volume {stats.volume:.4f}"
+                  f"{self._marks(stats)}", file=self.out, flush=True)
+
+    def _marks(self, stats: FrameStats) -> str:
+        """The progress line's warnings: in full the first time each is seen, then short."""
+        marks = []
+        if stats.over_cfl:
+            marks.append(self._once("cfl", f"CFL {stats.cfl:.3g} > {limits.CFL.hi:g}",
+                                    f"CFL {stats.cfl:.3g} > {limits.CFL.hi:g} (max_substeps "
+                                    f"{self.sim.scene.time.max_substeps} caps the substeps; the flow is not accurate)"))
+        if stats.fell_back:
+            marks.append(self._once(stats.note.partition(":")[0], "FELL BACK", f"FELL BACK: {stats.note}"))
+        return "".join(f"  {m}" for m in marks)
+
+    def _once(self, key: str, short: str, full: str) -> str:
+        if key in self._said:
+            return short
+        self._said.add(key)
+        return full
+
+    def _write_json(self, line: bytes) -> None:
+        """Append one whole line; on failure cut the file back to the lines before it and raise OutputError."""
+        view = memoryview(line)
+        try:
+            while view:
+                view = view[self.json_file.write(view):]
+        except OSError as err:
+            try:
+                self.json_file.truncate(self._written)
+            except OSError:
+                pass  # the file is as the failed write left it; the error below says why
+            raise OutputError(f"--stats-json: cannot write {self.stats_path!r} ({err.strerror}); "
+                              f"it holds the {len(self.frames) - 1} frames before") from None
+        self._written += len(line)
 
     def close(self) -> None:
         if self.json_file:
@@ -84,6 +140,16 @@ class RunReport:
             f"final residual max {max(s.residual for s in f):.1e}   substeps mean "
             f"{statistics.fmean(s.substeps for s in f):.2f}",
             f"fps  {1000.0 / statistics.median(total):.1f} (median)  {1000.0 / statistics.fmean(total):.1f} (mean)"
-            f"   fallbacks {sum(s.fell_back for s in f)}   water volume {f[0].volume:.4f} -> {f[-1].volume:.4f}",
+            f"   fallbacks {sum(s.fell_back for s in f)}   water volume {self.initial_volume:.4f} (start) -> "
+            f"{f[-1].volume:.4f}",
         ]
+        notes = list(dict.fromkeys(s.note for s in f if s.fell_back))
+        if notes:
+            others = f" (and {len(notes) - 1} other reasons)" if len(notes) > 1 else ""
+            lines.append(f"fell back: {notes[0]}{others}")
+        over = [s for s in f if s.over_cfl]
+        if over:
+            lines.append(f"CFL above {limits.CFL.hi:g} (what the advection tolerates) in {len(over)} frames, up to "
+                         f"{max(s.cfl for s in over):.3g}: max_substeps {self.sim.scene.time.max_substeps} caps the "
+                         f"substeps; raise it or lower time.frame_dt")
         return "\n".join(lines)

@@ -16,6 +16,7 @@ import numpy as np
 
 import precond
 from sim.limits import CELLS, GRID_SIDE
+from sim.memory import MemoryLimitError
 from sim.scene import SceneError, load_scene
 from sim.simulation import Simulation, SimulationError
 from sim.stats import FrameStats
@@ -121,11 +122,16 @@ class ViewerState:
         self.grid = grid_for(CELLS.clamp(int(cells)), self.aspect)
 
     def apply(self, sim: Simulation) -> Simulation:
-        """Bring `sim` in line with the state; returns the simulation to use from now on (a new one after a scene switch)."""
+        """Bring `sim` in line with the state; returns the simulation to use from now on (a new one after a scene switch).
+
+        A grid or scene that does not fit in free memory is refused into `error`; the run goes on as it was."""
         if Path(self.scene_path).resolve() != Path(sim.scene.source).resolve():
             sim = self._switch_scene(sim)
         if (sim.nx, sim.ny) != self.grid:
-            sim.resize(*self.grid)
+            try:
+                sim.resize(*self.grid)
+            except MemoryLimitError as err:  # the run goes on at the grid it has
+                self.grid, self.error = (sim.nx, sim.ny), str(err)
         if sim.ratio != self.ratio:
             sim.set_ratio(self.ratio)
         if sim.solver.method != self.solver or sim.solver.tol != self.tol:
@@ -142,12 +148,12 @@ class ViewerState:
         """A new simulation of `scene_path` at its own grid and ratio, keeping the chosen solver and tolerance."""
         try:
             scene = load_scene(self.scene_path, methods=precond.METHODS)
-        except SceneError as err:
+            new = Simulation.from_scene(replace(scene, solver=replace(scene.solver, method=self.solver,
+                                                                      tol=self.tol)), device=sim.device)
+        except (SceneError, MemoryLimitError) as err:
             self.error = str(err)
             self.scene_path = sim.scene.source
             return sim
-        new = Simulation.from_scene(replace(scene, solver=replace(scene.solver, method=self.solver, tol=self.tol)),
-                                    device=sim.device)
         self.grid, self.aspect, self.ratio = (new.nx, new.ny), scene.grid.nx / scene.grid.ny, new.ratio
         self.max_substeps, self.error = scene.time.max_substeps, ""
         return new

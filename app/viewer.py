@@ -7,8 +7,6 @@ per solver. Keys: Space play/pause, Right arrow step, Backspace reset, R record,
 """
 from __future__ import annotations
 
-import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -21,27 +19,29 @@ import precond
 from sim.limits import RATIO, SUBSTEPS, TOLERANCE
 from sim.simulation import Simulation
 
-from .headless import recording_fps, warn
+from .headless import recording_fps
+from .preflight import NO_DISPLAY, missing_display
 from .recorder import Recorder, RecordingError, save_png
 from .render import RENDER_MODES, Renderer, RenderTarget, picture_size
 from .state import N_CHOICES, ViewerState, list_scenes, view_to_domain
+from .stop import StopRequest
 
 WINDOW_SIZE = (1440, 900)
 PANEL_WIDTH = 420
 PLOT_HEIGHT = 220  # at least; the plots take what the view leaves
 RED = imgui.ImVec4(0.95, 0.25, 0.20, 1.0)
 GREEN = imgui.ImVec4(0.35, 0.85, 0.40, 1.0)
-NO_DISPLAY = ("no display to open a window on{why}: run with --headless, or under a virtual display: "
-              "xvfb-run -a python main.py SCENE ...")
 
 
 class Viewer:
     """The window's callbacks around one ViewerState; `run()` blocks until the window closes."""
 
     def __init__(self, sim: Simulation, state: ViewerState, record: Optional[str] = None,
-                 screenshot: Optional[str] = None, frames: Optional[int] = None) -> None:
+                 screenshot: Optional[str] = None, frames: Optional[int] = None,
+                 record_fps: Optional[float] = None) -> None:
         self.sim, self.state = sim, state
         self.record_path, self.screenshot_path, self.frames = record, screenshot, frames
+        self.record_fps = record_fps
         self.renderer: Optional[Renderer] = None
         self.view: Optional[RenderTarget] = None
         self.picture_target: Optional[RenderTarget] = None
@@ -85,7 +85,8 @@ class Viewer:
 
     def start_recording(self, path: str) -> None:
         try:
-            self.recorder = Recorder(path, picture_size(self.sim.nx, self.sim.ny), recording_fps(self.sim))
+            self.recorder = Recorder(path, picture_size(self.sim.nx, self.sim.ny), recording_fps(self.sim),
+                                     self.record_fps)
             self.notice = f"recording to {path}"
         except RecordingError as err:
             self._fail(err, "the run goes on without recording")
@@ -101,7 +102,8 @@ class Viewer:
             self._fail(err, "the recording may be incomplete")
 
     def _fail(self, err: Exception, consequence: str) -> None:
-        warn(err, consequence)
+        """One line on stderr and in the panel for a failure the window survives, and what happens now."""
+        print(f"{type(err).__name__}: {err}; {consequence}", file=sys.stderr, flush=True)
         self.state.error = f"{type(err).__name__}: {err}"
 
     def _default_name(self, suffix: str) -> str:
@@ -341,24 +343,20 @@ def _nearest(choices: tuple[int, ...], value: int) -> int:
     return min(range(len(choices)), key=lambda k: abs(choices[k] - value))
 
 
-def missing_display() -> Optional[str]:
-    """The one-line message to print when there is no display to open a window on, else None."""
-    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
-        return None
-    return NO_DISPLAY.format(why=" (neither DISPLAY nor WAYLAND_DISPLAY is set)")
-
-
 def run_window(sim: Simulation, record: Optional[str] = None, screenshot: Optional[str] = None,
-               frames: Optional[int] = None, render_mode: str = "phase") -> int:
+               frames: Optional[int] = None, render_mode: str = "phase", record_fps: Optional[float] = None,
+               stop: Optional[StopRequest] = None) -> int:
     """Open the viewer on `sim`; returns the exit code: 0, 1 (a --frames run whose simulation failed), 2 (no display).
 
     With `frames`, the window closes after that many frames (saving `screenshot` first); without,
-    it runs until closed and saves `screenshot`, if any, on close. SIGINT closes the window cleanly.
+    it runs until closed and saves `screenshot`, if any, on close. A stop request (SIGINT, SIGTERM:
+    app.stop) closes the window cleanly; one made before the window opened closes it at once.
     """
     if no_display := missing_display():
         print(no_display, file=sys.stderr)
         return 2
-    viewer = Viewer(sim, ViewerState.from_simulation(sim, render_mode), record, screenshot, frames)
+    stop = stop or StopRequest().install()
+    viewer = Viewer(sim, ViewerState.from_simulation(sim, render_mode), record, screenshot, frames, record_fps)
     params = hello_imgui.RunnerParams()
     params.app_window_params.window_title = f"htpfluid - {sim.scene.name}"
     params.app_window_params.window_geometry.size = WINDOW_SIZE
@@ -366,16 +364,16 @@ def run_window(sim: Simulation, record: Optional[str] = None, screenshot: Option
     params.imgui_window_params.default_imgui_window_type = hello_imgui.DefaultImGuiWindowType.provide_full_screen_window
     params.ini_disable = True
     params.fps_idling.enable_idling = False
-    params.callbacks.post_init = viewer.post_init
+
+    def post_init() -> None:
+        viewer.post_init()
+        if stop.requested:
+            viewer.request_exit()
+
+    params.callbacks.post_init = post_init
     params.callbacks.show_gui = viewer.gui
     params.callbacks.before_exit = viewer.before_exit
-
-    def on_signal(signum: int, frame: Any) -> None:
-        if not viewer.opened:
-            raise KeyboardInterrupt
-        viewer.request_exit()
-
-    previous = signal.signal(signal.SIGINT, on_signal)
+    stop.on_request = lambda: viewer.request_exit() if viewer.opened else None
     try:
         immapp.run(params, immapp.AddOnsParams(with_implot=True))
     except RuntimeError as err:
@@ -384,6 +382,6 @@ def run_window(sim: Simulation, record: Optional[str] = None, screenshot: Option
         print(NO_DISPLAY.format(why=f" ({err})"), file=sys.stderr)
         return 2
     finally:
-        signal.signal(signal.SIGINT, previous)
+        stop.on_request = None
         viewer.stop_recording()
     return viewer.exit_code

@@ -72,10 +72,10 @@ def advect_forward(s: ti.template(), dth: ti.f32, gdt: ti.f32, band: ti.f32, nx:
     """u*, v* = semi-Lagrangian u, v plus gravity (gdt = g dt on v), 0 on the walls; phi_f = semi-Lagrangian
     phi, bt its trace (midpoint rule within `band` of the interface, Euler beyond).
 
-    Also flags non-finite state values (scan_point)."""
+    Also flags bad state values (scan_point)."""
     for i in range(nx + 1):
         for j in range(ny + 1):
-            scan_point(s, i, j, nx, ny)
+            scan_point(s, s.u, s.v, s.phi, i, j, nx, ny)
             if j < ny:
                 val = 0.0
                 if i > 0 and i < nx:

@@ -15,22 +15,25 @@ import numpy as np
 import taichi as ti
 from scipy.ndimage import map_coordinates
 
-# The scalar f32 fields of a state, all shaped (capx + 1, capy + 1).
-_SCALARS = ("phi", "phi_f", "phi_a", "phi_b", "phi_c", "fixed", "u", "us", "v", "vs", "cu", "cv", "p")
+from .memory import capacity
+
+# The scalar f32 fields of a state, all shaped (capx + 1, capy + 1); besides them, `fixed` (u8) and `bt` (2 x f32).
+_SCALARS = ("phi", "phi_f", "phi_a", "u", "us", "v", "vs", "cu", "cv", "p")
 
 
-def _capacity(n: int) -> int:
-    """The power of two (at least 8) that n cells fit in."""
-    return 1 << max(3, (n - 1).bit_length())
+def bytes_per_capacity_cell() -> int:
+    """What the fields of a state take per (capx + 1) x (capy + 1) cell (sim.memory's FIELD_BYTES)."""
+    return 4 * len(_SCALARS) + 1 + 2 * 4
 
 
 @ti.data_oriented
 class GridState:
     """MAC grid state: u (nx+1, ny) on x-faces, v (nx, ny+1) on y-faces, level set phi and pressure p at centres.
 
-    phi_f, phi_a: forward and corrected advection of phi; phi_b, phi_c, fixed: reinitialisation buffers;
-    us, vs: velocity after advection and forces (u*); cu, cv: face coefficients 1/rho_face; bt: the
-    backtraced position of every cell centre (in cells).
+    phi_f, phi_a: forward and corrected advection of phi, which the reinitialisation (after the last
+    projection) reuses as its two buffers; fixed: the cells it keeps; us, vs: velocity after advection
+    and forces (u*); cu, cv: face coefficients 1/rho_face; bt: the backtraced position of every cell
+    centre (in cells).
     """
 
     def __init__(self, capx: int, capy: int) -> None:
@@ -45,6 +48,8 @@ class GridState:
             f = ti.field(ti.f32)
             fb.dense(ti.ij, shape).place(f)
             setattr(self, name, f)
+        self.fixed = ti.field(ti.u8)
+        fb.dense(ti.ij, shape).place(self.fixed)
         self.bt = ti.Vector.field(2, ti.f32)
         fb.dense(ti.ij, shape).place(self.bt)
         fb.finalize()
@@ -83,7 +88,7 @@ _pool: dict[tuple[int, int], list[GridState]] = {}
 
 def acquire(owner: Any, nx: int, ny: int) -> GridState:
     """A state with room for nx x ny, reused from the pool when one is free; it returns there when `owner` dies."""
-    key = (_capacity(nx), _capacity(ny))
+    key = (capacity(nx), capacity(ny))
     free = _pool.setdefault(key, [])
     state = free.pop() if free else GridState(*key)
     state.release = weakref.finalize(owner, free.append, state)

@@ -79,7 +79,7 @@ def _crossing(c: ti.f32, n: ti.f32, d: ti.f32) -> ti.f32:
 
 @ti.func
 def _seed(s: ti.template(), nx: ti.i32, ny: ti.i32, h: ti.f32):
-    """phi_b = distance to the interface at cells next to it (fixed = 1), phi elsewhere (fixed = 0).
+    """phi_a = distance to the interface at cells next to it (fixed = 1), phi elsewhere (fixed = 0).
 
     The interface crosses a cell's edges where linear interpolation of phi vanishes; with the
     nearest crossings at fractions dx (along x) and dy (along y) of a cell, the distance is dx dy /
@@ -105,8 +105,8 @@ def _seed(s: ti.template(), nx: ti.i32, ny: ti.i32, h: ti.f32):
                 if dx < 2.0 and dy < 2.0:
                     d = dx * dy / ti.max(ti.sqrt(dx * dx + dy * dy), 1e-12)
                 out = ti.math.sign(c) * d * h
-            s.phi_b[i, j] = out
-            s.fixed[i, j] = ti.cast(crossing, ti.f32)
+            s.phi_a[i, j] = out
+            s.fixed[i, j] = ti.cast(crossing, ti.u8)
 
 
 @ti.func
@@ -115,7 +115,7 @@ def _godunov(s: ti.template(), src: ti.template(), i: ti.i32, j: ti.i32, nx: ti.
     """Cell (i, j) updated from its neighbours in src (interface cells keep their seed)."""
     c = src[i, j]
     out = c
-    if s.fixed[i, j] < 0.5:
+    if s.fixed[i, j] == 0:
         a = cap
         b = cap
         if i > 0:
@@ -141,20 +141,22 @@ def _jacobi(s: ti.template(), src: ti.template(), dst: ti.template(), nx: ti.i32
 @ti.kernel
 def reinitialize(s: ti.template(), dphi: ti.f32) -> ti.math.vec2:
     """Rebuild phi as a distance around its zero level set (seed, three Jacobi updates: one launch), then add
-    dphi (domain units; the volume correction's shift). Returns (water volume, interface length) in cells."""
+    dphi (domain units; the volume correction's shift). Returns (water volume, interface length) in cells.
+
+    Its buffers are phi_a and phi_f: advection's results, dead once the projection has taken them."""
     nx, ny = s.size[0], s.size[1]
     h = 1.0 / ny
     cap = ti.cast(nx + ny, ti.f32) * h
     _seed(s, nx, ny, h)
-    _jacobi(s, s.phi_b, s.phi_c, nx, ny, h, cap)
-    _jacobi(s, s.phi_c, s.phi_b, nx, ny, h, cap)
+    _jacobi(s, s.phi_a, s.phi_f, nx, ny, h, cap)
+    _jacobi(s, s.phi_f, s.phi_a, nx, ny, h, cap)
     vol = 0.0
     length = 0.0
     for i in range(nx):
         row_vol = 0.0  # per-row partial sums: one atomic add per row
         row_len = 0.0
         for j in range(ny):
-            out = _godunov(s, s.phi_b, i, j, nx, ny, h, cap) + dphi
+            out = _godunov(s, s.phi_a, i, j, nx, ny, h, cap) + dphi
             s.phi[i, j] = out
             row_vol += water_fraction(out / h)
             row_len += smoothed_delta(out / h)

@@ -7,6 +7,7 @@ limit the same way.
 from __future__ import annotations
 
 import re
+import reprlib
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -50,9 +51,9 @@ class Range:
         try:
             value = int(text) if self.integer else float(text)
         except ValueError:
-            raise ValueError(f"expected {self.noun}, got {text!r}") from None
+            raise ValueError(f"expected {self.noun}, got {brief(text)}") from None
         if value not in self:
-            raise ValueError(f"expected {self.expected()}, got {text}")
+            raise ValueError(f"expected {self.expected()}, got {cut(text)}")
         return value
 
     def _format(self, value: Number) -> str:
@@ -66,22 +67,53 @@ TOLERANCE = Range(1e-14, 0.1)  # PCG relative residual
 MAXITER = Range(1, 1_000_000, integer=True)  # PCG iteration cap
 GRAVITY = Range(-100.0, 100.0)  # m/s^2
 FRAME_DT = Range(0.0, 0.1, above=True)  # simulated seconds per frame
-CFL = Range(0.1, 10.0)  # cells a substep may move the fluid
+CFL = Range(0.1, 10.0)  # cells a substep may move the fluid; the top is the most the advection tolerates
 SUBSTEPS = Range(1, 64, integer=True)  # substep cap per frame
 COORDINATE = Range(-100.0, 100.0)  # shape positions and normals, domain units
 RADIUS = Range(0.0, 100.0, above=True)  # circle radius, domain units
 VELOCITY = Range(-100.0, 100.0)  # initial shape velocity components, m/s
-FRAMES = Range(1, integer=True)  # frame counts on the command line (--frames, --dump-every)
+FRAMES = Range(1, 1_000_000, integer=True)  # frame counts on the command line (--frames, --dump-every)
+RECORD_FPS = Range(1.0, 240.0)  # frames per second of a recording (--record-fps)
+PUSH = Range(-100.0, 100.0)  # velocity one push adds (Simulation.push), m/s
+STATE_SPEED = Range(0.0, 1e5)  # |u|, |v| of a sane state, m/s: beyond it the state is a blow-up
 DEVICES = ("cpu", "cuda")
 
-_GRID_TEXT = re.compile(r"(\d+)[xX](\d+)")
+# Scene files: what the loader reads at most, so that no file can take the machine down.
+SCENE_BYTES = 1_000_000  # file size
+SCENE_DEPTH = 32  # nesting of mappings and lists (a scene needs 4)
+SCENE_NODES = 100_000  # values in the document with every alias expanded
+TEXT_CHARS = 1_000  # a text field (name, description)
+SHOWN_CHARS = 40  # how much of a bad value an error message quotes
+
+_GRID_TEXT = re.compile(r"(\d{1,9})[xX](\d{1,9})")
+
+
+def cut(text: str) -> str:
+    """`text` cut to SHOWN_CHARS, for error messages (never the whole of a huge value)."""
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "..."
+
+
+def _bounded_repr() -> reprlib.Repr:
+    r = reprlib.Repr()
+    r.maxlevel, r.maxdict, r.maxlist, r.maxtuple = 2, 3, 3, 3
+    r.maxstring = r.maxlong = r.maxother = SHOWN_CHARS
+    return r
+
+
+_REPR = _bounded_repr()
+
+
+def brief(value: object) -> str:
+    """A repr of `value` for error messages, at most about SHOWN_CHARS long: long texts and containers are
+    cut while the repr is built (reprlib), so no value is ever written out whole."""
+    return cut(_REPR.repr(value))
 
 
 def parse_grid(text: str) -> tuple[int, int]:
     """'128x64' -> (128, 64); ValueError with the one-line reason for other text or sides out of GRID_SIDE."""
     m = _GRID_TEXT.fullmatch(text.strip())
     if not m:
-        raise ValueError(f"expected NXxNY such as 128x64, got {text!r}")
+        raise ValueError(f"expected NXxNY such as 128x64, got {brief(text)}")
     nx, ny = int(m[1]), int(m[2])
     if nx not in GRID_SIDE or ny not in GRID_SIDE:
         raise ValueError(f"expected each side {GRID_SIDE.span()} cells, got {nx}x{ny}")

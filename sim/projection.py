@@ -13,12 +13,12 @@ of u is exactly the residual b - A p_hat, up to float32 rounding of the velocity
 Gravity (sim.forces) is in u* on every vertical face and is balanced by the same face
 coefficient, so a flat interface at rest stays at rest to solver tolerance.
 
-Non-finite values are flagged as sim.checks describes: the assembled system (BAD_SYSTEM), the
-solver's pressure (BAD_PRESSURE) and the projected velocity.
+Bad values are flagged as sim.checks describes: the assembled system (BAD_SYSTEM), the solver's
+pressure (BAD_PRESSURE) and the projected velocity, which reaches the state only when it is sound.
 """
 import taichi as ti
 
-from .checks import BAD_PRESSURE, BAD_SYSTEM, finite64, report, scan_point
+from .checks import BAD_PRESSURE, BAD_SYSTEM, finite, finite64, report, scan_point
 
 
 @ti.func
@@ -81,34 +81,44 @@ def assemble(s: ti.template(), system: ti.types.ndarray(dtype=ti.f64, ndim=3), i
 def project(s: ti.template(), x: ti.types.ndarray(dtype=ti.f64, ndim=1), to_pressure: ti.f64) -> ti.math.vec2:
     """u = u* - c grad p_hat, p = p_hat * to_pressure (= h / dt), phi = phi_a; reports the new max |u|, |v|.
 
-    A non-finite pressure leaves the state untouched and is reported as BAD_PRESSURE; a non-finite
-    velocity after the update is reported by its flags.
+    The new velocity is built in us, vs (u* is not needed after this) and checked there; only a
+    new state with no bad value is copied into u, v, p, phi. A non-finite pressure is reported as
+    BAD_PRESSURE, a bad velocity by its flags, and either way the state stays as it was.
     """
     nx, ny, open_top = s.size[0], s.size[1], s.size[2]
     s.size[3] = 0
     for k in range(nx * ny):
-        if not finite64(x[k]):
+        if not (finite64(x[k]) and finite(ti.cast(x[k] * to_pressure, ti.f32))):
             ti.atomic_or(s.size[3], BAD_PRESSURE)
+    solved = s.size[3] == 0
     vmax = 0.0
     for i in range(nx + 1):
         m = 0.0
         for j in range(ny + 1):
-            if s.size[3] == 0:
+            if solved:
                 if j < ny:
                     val = 0.0
                     if i > 0 and i < nx:
                         val = ti.cast(s.us[i, j] - s.cu[i, j] * (x[i * ny + j] - x[(i - 1) * ny + j]), ti.f32)
-                    s.u[i, j] = val
+                    s.us[i, j] = val
                 if i < nx:
                     val = 0.0
                     if j > 0 and j < ny:
                         val = ti.cast(s.vs[i, j] - s.cv[i, j] * (x[i * ny + j] - x[i * ny + j - 1]), ti.f32)
                     elif j == ny and open_top == 1:
                         val = ti.cast(s.vs[i, j] + s.cv[i, j] * x[i * ny + ny - 1], ti.f32)
-                    s.v[i, j] = val
+                    s.vs[i, j] = val
+                m = ti.max(m, scan_point(s, s.us, s.vs, s.phi_a, i, j, nx, ny))
+        ti.atomic_max(vmax, m)
+    sound = s.size[3] == 0
+    for i in range(nx + 1):  # a top-level loop (parallel), so the condition goes inside
+        for j in range(ny + 1):
+            if sound:
+                if j < ny:
+                    s.u[i, j] = s.us[i, j]
+                if i < nx:
+                    s.v[i, j] = s.vs[i, j]
                 if i < nx and j < ny:
                     s.p[i, j] = ti.cast(x[i * ny + j] * to_pressure, ti.f32)
                     s.phi[i, j] = s.phi_a[i, j]
-                m = ti.max(m, scan_point(s, i, j, nx, ny))
-        ti.atomic_max(vmax, m)
     return report(s, vmax)

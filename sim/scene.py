@@ -1,4 +1,4 @@
-"""Scene files: what to simulate, read from YAML with `yaml.safe_load` and validated field by field.
+"""Scene files: what to simulate, read from YAML with a bounded `yaml.SafeLoader` and validated field by field.
 
 The domain is `nx/ny` wide and 1 high (square cells, h = 1/ny); coordinates are in domain units
 with x to the right and y up. Every field but `shapes` is optional; the ranges are those of
@@ -20,6 +20,7 @@ with x to the right and y up. Every field but `shapes` is optional; the ranges a
 
 Shapes: `phase` is water (default) or air; `velocity` (m/s, optional) sets the initial velocity
 inside the shape. Numbers may be written `1e-6` or `1/60` (YAML 1.1 would read those as text).
+The file is read as sim.bounded_yaml describes (safe loading within size, depth and alias bounds).
 The solver names come from the caller (the solver registry, `precond.METHODS`), so reading a
 scene needs no solver code. A bad file raises `SceneError` with one line naming the file, the
 field and what was expected.
@@ -27,7 +28,9 @@ field and what was expected.
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Collection, Optional, Union
@@ -35,8 +38,8 @@ from typing import Any, Collection, Optional, Union
 import numpy as np
 import yaml
 
-from . import limits
-from .limits import Range
+from . import bounded_yaml, limits
+from .limits import Range, brief, cut
 
 Vec2 = tuple[float, float]
 PHASES = ("water", "air")
@@ -187,17 +190,15 @@ class _Reader:
         self.source = source
 
     def error(self, path: str, expected: str, got: Any) -> SceneError:
-        shown = repr(got)
-        if isinstance(got, (dict, list)) and len(shown) > 40:
-            shown = f"a {type(got).__name__} ({shown[:30]}...)"
-        return SceneError(f"{self.source}: {path}: expected {expected}, got {shown}")
+        return SceneError(f"{self.source}: {path}: expected {expected}, got {brief(got)}")
 
     def mapping(self, value: Any, path: str, allowed: tuple[str, ...]) -> dict:
         if not isinstance(value, dict):
             raise self.error(path, "a mapping of " + ", ".join(allowed), value)
         for key in value:
             if key not in allowed:
-                where = f"{path}.{key}" if path != "(scene)" else str(key)
+                name = cut(key) if isinstance(key, str) else brief(key)
+                where = f"{path}.{name}" if path != "(scene)" else name
                 raise SceneError(f"{self.source}: {where}: unknown field; expected one of {', '.join(allowed)}")
         return value
 
@@ -218,8 +219,8 @@ class _Reader:
         return value
 
     def text(self, value: Any, path: str) -> str:
-        if not isinstance(value, str):
-            raise self.error(path, "text", value)
+        if not isinstance(value, str) or len(value) > limits.TEXT_CHARS:
+            raise self.error(path, f"text of at most {limits.TEXT_CHARS} characters", value)
         return value
 
     def boolean(self, value: Any, path: str) -> bool:
@@ -236,6 +237,8 @@ class _Reader:
 def _to_number(value: Any) -> Optional[float]:
     """A finite float from an int, a float, or text like '1e-6' or '1/60'; None otherwise."""
     if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and value.bit_length() > 1024:  # beyond float's range
         return None
     if isinstance(value, (int, float)):
         v = float(value)
@@ -327,17 +330,47 @@ def parse_scene(data: Any, source: str, *, methods: Collection[str], default_nam
     )
 
 
+def read_scene_text(path: Union[str, Path]) -> str:
+    """The text of a scene file: a regular file of at most limits.SCENE_BYTES, in UTF-8.
+
+    Checked on the open file before reading (a device, a FIFO or a directory is never read), and
+    read to the bound only; anything else raises SceneError naming the file."""
+    source = str(path)
+
+    def refuse(got: str) -> SceneError:
+        return SceneError(f"{source}: (file): expected a regular UTF-8 scene file of at most "
+                          f"{limits.SCENE_BYTES:,} bytes, got {got}")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens without waiting for a writer
+    except OSError as err:
+        raise refuse(f"an error ({err.strerror})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise refuse("a directory" if stat.S_ISDIR(mode) else "a device, FIFO or socket")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(limits.SCENE_BYTES + 1)
+        except OSError as err:
+            raise refuse(f"an error ({err.strerror})") from None
+    if len(data) > limits.SCENE_BYTES:
+        raise refuse("a larger file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise refuse(f"bytes that are not UTF-8 (at byte {err.start})") from None
+
+
 def load_scene(path: Union[str, Path], *, methods: Collection[str]) -> Scene:
     """Read and validate a scene file (`methods`: the solver names it may choose); any problem raises
-    SceneError naming the file and the field."""
+    SceneError naming the file and the field (or the line, for YAML that does not parse or breaks
+    sim.bounded_yaml's bounds)."""
     source = str(path)
+    text = read_scene_text(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise SceneError(f"{source}: (file): expected a readable UTF-8 scene file, got an error ({reason})") from None
-    try:
-        data = yaml.safe_load(text)
+        data = bounded_yaml.load(text)
+    except bounded_yaml.BoundError as err:
+        raise SceneError(f"{source}: line {err.mark.line + 1}, column {err.mark.column + 1}: {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "(file)"

@@ -5,8 +5,9 @@ gravity), at most `max_substeps`. Each substep advects velocity (semi-Lagrangian
 set (MacCormack), adds gravity, assembles A p = b (sim.projection), solves it with the precond
 solver (warm-started from the last pressure) and projects. After the last substep the level set
 is reinitialised and, if enabled, its volume corrected. Every kernel that reads or writes the
-state checks it (sim.checks): a non-finite value stops the step with SimulationError before it
-reaches the state.
+state checks it (sim.checks): a non-finite or absurd value stops the step with SimulationError
+before it reaches the state. A frame whose substep cap forces a CFL number above limits.CFL.hi
+(what the advection tolerates) says so in its stats (`over_cfl`).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 import precond
 from precond import PoissonSystem, SolveResult
 
-from . import backend, grid, levelset, limits
+from . import backend, grid, levelset, limits, memory
 from .advect import advect_and_add_gravity
 from .checks import FLAG_NAMES, check
 from .fields import FIELD_NAMES, cell_fields
@@ -35,7 +36,7 @@ SETTLE_PASSES = 4  # reinitialisation passes after a reset, resize or restore
 
 
 class SimulationError(RuntimeError):
-    """The simulation cannot go on (a non-finite value appeared); the message names the field and the frame."""
+    """The simulation cannot go on (a non-finite or absurd value appeared); the message names the field and the frame."""
 
 
 def _cfl_dt(vmax: float, gravity: float, cfl: float, h: float) -> float:
@@ -59,7 +60,9 @@ class Simulation:
     """Water and air in a box, driven by `step()`; see the module notes for what a step does."""
 
     def __init__(self, scene: Scene, solver: precond.Solver, device: str = "cpu") -> None:
+        """Raises memory.MemoryLimitError, before allocating the grid, if it does not fit in free memory."""
         backend.init(device)
+        memory.check(scene.grid.nx, scene.grid.ny, solver.method, process=False)
         self._scene = scene
         self.solver = solver
         self.device = device
@@ -122,7 +125,7 @@ class Simulation:
 
         The wall faces are zeroed, phi is rebuilt as a distance and the water volume measured; the
         frame, the time and the volume the correction keeps stay. A misshapen or (in float32)
-        non-finite array raises ValueError and changes nothing."""
+        non-finite array, or a velocity beyond limits.STATE_SPEED, raises ValueError and changes nothing."""
         arrays = {}
         for name, shape in grid.state_shapes(self.nx, self.ny).items():
             values = np.array(state[name], dtype=np.float64)
@@ -132,6 +135,9 @@ class Simulation:
                 bad = np.count_nonzero(~np.isfinite(values.astype(np.float32)))
             if bad:
                 raise ValueError(f"{name}: expected finite values, got {bad} non-finite (as float32)")
+            if name in ("u", "v") and values.size and np.abs(values).max() > limits.STATE_SPEED.hi:
+                raise ValueError(f"{name}: expected speeds {limits.STATE_SPEED.span()} m/s, got "
+                                 f"{np.abs(values).max():g}")
             arrays[name] = values
         arrays["u"][0, :] = arrays["u"][-1, :] = 0.0
         arrays["v"][:, 0] = 0.0
@@ -164,10 +170,13 @@ class Simulation:
         self._scene = replace(self._scene, time=replace(self._scene.time, max_substeps=int(max_substeps)))
 
     def resize(self, nx: int, ny: int) -> None:
-        """Re-sample the state onto an nx x ny grid (bilinear, over the same stretched domain) and go on."""
+        """Re-sample the state onto an nx x ny grid (bilinear, over the same stretched domain) and go on.
+
+        A grid that does not fit in free memory raises memory.MemoryLimitError and changes nothing."""
         for name, n in (("nx", nx), ("ny", ny)):
             _check_integer(name, n, limits.GRID_SIDE)
         nx, ny = int(nx), int(ny)
+        memory.check(nx, ny, self.solver.method, process=False, what=f"grid {nx}x{ny}")
         old, cells = self.state(), (self.nx, self.ny)
         if not self._grid.fits(nx, ny):
             grid.release(self._grid)
@@ -187,10 +196,14 @@ class Simulation:
         self._target += self._volume - before
 
     def push(self, x: float, y: float, du: float, dv: float, radius: float) -> None:
-        """Add velocity (du, dv) in m/s within `radius` of (x, y), fading to the rim (domain units)."""
+        """Add velocity (du, dv) in m/s (each within limits.PUSH) within `radius` of (x, y), fading to the
+        rim (domain units)."""
         _check_finite(x=x, y=y, du=du, dv=dv, radius=radius)
         if radius <= 0.0:
             raise ValueError(f"radius: expected a number above 0, got {radius!r}")
+        for name, d in (("du", du), ("dv", dv)):
+            if d not in limits.PUSH:
+                raise ValueError(f"{name}: expected {limits.PUSH.expected()} m/s, got {d!r}")
         self._vmax = max(self._vmax, float(push(self._grid, x, y, radius, du, dv)))
 
     # ------------------------------------------------------------------ readout
@@ -206,7 +219,7 @@ class Simulation:
 
     # ------------------------------------------------------------------ stepping
     def step(self, on_system: Optional[Callable[[PoissonSystem, torch.Tensor], None]] = None) -> FrameStats:
-        """Advance one frame; a non-finite value raises SimulationError before it reaches the state.
+        """Advance one frame; a non-finite or absurd value raises SimulationError before it reaches the state.
 
         `on_system`, if given, receives the frame's last Poisson system and its right-hand side."""
         clock = FrameClock(backend.sync)
@@ -230,7 +243,7 @@ class Simulation:
         with clock.phase("advect"):  # the level set's upkeep counts as advection (FrameStats.ms_advect)
             self._reinitialise()
         self.frame += 1
-        stats = clock.stats(self.frame, self.time, dt, cfl, solves, self._volume)
+        stats = clock.stats(self.frame, self.time, dt, cfl, cfl > limits.CFL.hi, solves, self._volume)
         if on_system is not None:
             on_system(system, b)
         return stats
@@ -281,5 +294,5 @@ class Simulation:
         if flags == 0:
             return speed
         names = [name for bit, name in FLAG_NAMES if flags & bit]
-        raise SimulationError(f"frame {self.frame + 1} (t = {self.time:.4f} s): non-finite {' and '.join(names)} "
+        raise SimulationError(f"frame {self.frame + 1} (t = {self.time:.4f} s): {' and '.join(names)} "
                               f"{where}; the step was stopped")

@@ -18,6 +18,7 @@ class FrameStats:
     dt: float  # length of the last substep (s)
     substeps: int
     cfl: float  # largest |velocity| dt / h of the substeps; above scene cfl when max_substeps capped it
+    over_cfl: bool  # cfl above limits.CFL.hi, what the advection tolerates: the substep cap forced it
     ms_advect: float  # state check, advection, gravity, reinitialisation and volume correction
     ms_assemble: float  # A and b, plus building the PoissonSystem
     ms_inference: float  # preconditioner setup (SolveResult.setup_seconds)
@@ -57,13 +58,13 @@ class FrameClock:
         self._sync()
         self.seconds[name] += time.perf_counter() - t0
 
-    def stats(self, frame: int, sim_time: float, dt: float, cfl: float, solves: Sequence[SolveResult],
-              volume: float) -> FrameStats:
+    def stats(self, frame: int, sim_time: float, dt: float, cfl: float, over_cfl: bool,
+              solves: Sequence[SolveResult], volume: float) -> FrameStats:
         """The frame's FrameStats: its phase times, total time so far and its substeps' solves, in order."""
         total = time.perf_counter() - self._start
         setup = sum(r.setup_seconds for r in solves)
         return FrameStats(
-            frame=frame, time=sim_time, dt=dt, substeps=len(solves), cfl=cfl,
+            frame=frame, time=sim_time, dt=dt, substeps=len(solves), cfl=cfl, over_cfl=over_cfl,
             ms_advect=1e3 * self.seconds["advect"], ms_assemble=1e3 * self.seconds["assemble"],
             ms_inference=1e3 * setup, ms_pcg=1e3 * (self.seconds["solve"] - setup),
             ms_project=1e3 * self.seconds["project"], ms_total=1e3 * total,

@@ -1,4 +1,5 @@
 """Scene files: the shipped scenes load, and every kind of bad file fails with one line naming file and field."""
+import os
 import subprocess
 import sys
 from functools import partial
@@ -91,7 +92,7 @@ def test_unknown_field(tmp_path, text, field, expected):
      "expected one of water, air, got 'oil'"),
     ("solver: {method: magic}\n", "solver.method", "expected one of none, jacobi, ic0, mgpcg"),
     ("volume_correction: maybe\n", "volume_correction", "expected true or false, got 'maybe'"),
-    ("name: 3\n", "name", "expected text, got 3"),
+    ("name: 3\n", "name", "expected text of at most 1000 characters, got 3"),
 ])
 def test_wrong_type(tmp_path, text, field, expected):
     message = _error(tmp_path, text)
@@ -129,7 +130,7 @@ def test_missing_file(tmp_path):
     path = tmp_path / "nowhere.yaml"
     with pytest.raises(SceneError) as info:
         load_scene(path)
-    assert str(info.value).startswith(f"{path}: (file): expected a readable UTF-8 scene file")
+    assert str(info.value).startswith(f"{path}: (file): expected a regular UTF-8 scene file of at most 1,000,000 bytes")
     assert "No such file" in str(info.value)
 
 
@@ -186,3 +187,76 @@ def test_overrides():
                           (dict(solver="magic"), "--solver"), (dict(tol=-1.0), "--tol")):
         with pytest.raises(SceneError, match=f"^command line: {field}: expected"):
             scene.with_overrides(methods=METHODS, **kwargs)
+
+
+# ---------------------------------------------------------------------- hostile files: one line each, fast
+def _alias_bomb(levels: int) -> str:
+    """Ten references per level to the level below: 10 ** levels values once expanded, a few lines of text.
+    The levels sit in the description's anchors (a text field), the bomb goes off in `name`."""
+    lines = ["description: [&l0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"  , &l{k} [" + ", ".join([f"*l{k - 1}"] * 10) + "]" for k in range(1, levels)]
+    return "\n".join(lines) + f"]\nname: *l{levels - 1}\n"
+
+
+@pytest.mark.parametrize("text, words", [
+    ("ratio: 10\nratio: 20\n", ["line 2, column 1", "each key once", "'ratio' again (first on line 1)"]),
+    ("grid: {nx: 32, nx: 16}\n", ["line 1, column 16", "'nx' again"]),
+    ("shapes: " + "[" * 5000 + "]" * 5000 + "\n", ["at most 32 levels of nesting"]),
+    ("".join("  " * k + f"k{k}:\n" for k in range(100)), ["at most 32 levels of nesting"]),
+    (_alias_bomb(12), ["at most 100000 values with aliases expanded", "alias bomb"]),
+    ("shapes: &a [*a]\n", ["recursive alias"]),
+    ("grid: {nx: " + "9" * 5000 + "}\n", ["line 1, column 12", "expected a valid int", "4300 digits"]),
+    ("name: 2001-13-45\n", ["expected a valid timestamp", "month must be in 1..12"]),
+    ("ratio: " + "9" * 400 + "\n", ["ratio: expected a number from 1 to 1000"]),
+    ("ratio: .nan\n", ["ratio: expected a number from 1 to 1000, got nan"]),
+    ("gravity: -.inf\n", ["gravity: expected a number from -100 to 100, got -inf"]),
+    ("name: " + "n" * 2000 + "\n", ["name: expected text of at most 1000 characters", "'" + "n" * 17 + "..."]),
+    ("name: a\x00b\n", ["unacceptable character #x0000"]),
+    ("name: !!python/object/apply:os.system [echo]\n", ["could not determine a constructor"]),
+    ("name: a\n---\nname: b\n", ["another document"]),
+])
+def test_hostile_documents_are_one_line(tmp_path, text, words):
+    message = _error(tmp_path, text)
+    assert len(message) < 300, message
+    for word in words:
+        assert word in message, message
+
+
+def test_an_alias_bomb_in_a_text_field_is_refused_before_it_is_written_out(tmp_path, monkeypatch):
+    """Within the node bound an alias may still expand to a large value: the message quotes a bounded part."""
+    monkeypatch.setattr(limits, "SCENE_NODES", 10 ** 9)
+    message = _error(tmp_path, _alias_bomb(8))  # 10 ** 8 strings if written out in full
+    assert "name: expected text" in message and len(message) < 300
+
+
+@pytest.mark.parametrize("content, words", [
+    ("name: x\n".encode("utf-16"), ["not UTF-8 (at byte 0)"]),
+    (b"#" * (limits.SCENE_BYTES + 1), ["at most 1,000,000 bytes, got a larger file"]),
+    (b"\x89PNG\r\n\x1a\n\x00\x00", ["not UTF-8"]),
+])
+def test_files_that_are_not_scene_text(tmp_path, content, words):
+    path = tmp_path / "scene.yaml"
+    path.write_bytes(content)
+    with pytest.raises(SceneError) as info:
+        load_scene(path)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_a_byte_order_mark_is_fine(tmp_path):
+    path = tmp_path / "bom.yaml"
+    path.write_bytes("\ufeffname: bom\n".encode("utf-8"))
+    assert load_scene(path).name == "bom"
+
+
+@pytest.mark.parametrize("make, got", [
+    (lambda tmp: Path("/dev/zero"), "a device, FIFO or socket"),  # would be read forever
+    (lambda tmp: tmp, "a directory"),
+    (lambda tmp: (os.mkfifo(tmp / "fifo"), tmp / "fifo")[1], "a device, FIFO or socket"),  # would block
+])
+def test_only_regular_files_are_read(tmp_path, make, got):
+    path = make(tmp_path)
+    with pytest.raises(SceneError) as info:
+        load_scene(path)
+    assert str(info.value) == (f"{path}: (file): expected a regular UTF-8 scene file of at most 1,000,000 bytes, "
+                               f"got {got}")
