@@ -219,19 +219,40 @@ def test_headless_records_and_screenshots(sim, gl, tmp_path):
     assert_water_and_air(shot)
 
 
-def test_unwritable_targets_give_one_clear_message_and_the_run_goes_on(sim, gl, tmp_path, capfd):
+def test_unwritable_targets_end_the_headless_run_with_one_clear_error(sim, gl, tmp_path):
     from app.headless import run_headless
+    from app.preflight import OutputError
     missing = tmp_path / "no" / "such" / "dir"
     with pytest.raises(RecordingError, match=r"cannot write recording .*dir/x\.mp4.*No such file or directory"):
         Recorder(missing / "x.mp4", (64, 32))
+    with pytest.raises(RecordingError, match=r"expected a name ending in \.mp4 or \.gif"):
+        Recorder(tmp_path / "x.avi", (64, 32))
     with pytest.raises(RecordingError, match="Is a directory"):
         save_png(tmp_path, np.zeros((4, 4, 3), np.uint8))
-    stats = run_headless(sim, 2, record=str(missing / "x.mp4"), screenshot=str(missing / "x.png"))
-    assert len(stats) == 2
-    err = capfd.readouterr().err.strip().splitlines()
-    assert len(err) == 2, err
-    assert err[0].startswith("RecordingError: cannot write recording") and "the run goes on" in err[0]
-    assert err[1].startswith("RecordingError: cannot write screenshot") and str(missing) in err[1]
+    with pytest.raises(OutputError, match=r"^cannot write recording .*No such file or directory$"):
+        run_headless(sim, 2, record=str(missing / "x.mp4"))
+    frame = sim.frame
+    with pytest.raises(OutputError, match=r"^cannot write screenshot .*x\.png"):
+        run_headless(sim, 2, screenshot=str(missing / "x.png"))
+    assert sim.frame == frame + 2  # the screenshot comes after the last frame
+
+
+def test_record_fps_sets_the_file_rate_at_simulation_speed(sim, gl, tmp_path):
+    from app.headless import run_headless
+    run_headless(sim, 24, record=str(tmp_path / "half.mp4"), record_fps=30.0, height=64)
+    reader = iio2.get_reader(str(tmp_path / "half.mp4"), format="FFMPEG")
+    try:
+        fps, frames = reader.get_meta_data()["fps"], reader.count_frames()
+    finally:
+        reader.close()
+    assert fps == 30.0 and 11 <= frames <= 15  # 24 frames of 1/60 s: 0.4 s, 12 frames at 30 fps (ffmpeg rounds)
+
+
+def test_a_stop_request_ends_the_headless_run_between_frames(sim):
+    from app.headless import run_headless
+    asked = []
+    done = run_headless(sim, 100, stop=lambda: len(asked) >= 3, on_frame=asked.append)
+    assert len(done) == 3
 
 
 def test_headless_report_dumps_the_systems_the_frames_solved(sim, tmp_path):
@@ -254,6 +275,95 @@ def test_headless_report_dumps_the_systems_the_frames_solved(sim, tmp_path):
         assert np.array_equal(rhs.numpy(), b.numpy())
         assert meta == dict(frame=frame, nx=sim.nx, ny=sim.ny, ratio=sim.ratio, scene=sim.scene.name)
     assert [s.frame for s in report.frames] == [frame for frame, _, _ in solved]
+
+
+def test_report_says_each_warning_once_and_starts_the_volume_at_frame_0(sim, tmp_path):
+    from dataclasses import replace as copy
+    from io import StringIO
+    out = StringIO()
+    report = RunReport(sim, quiet=False, out=out)
+    start = sim.water_volume()
+    base = sim.step()
+    note = "htp -> mgpcg: checkpoint assets/htp.pt is missing"
+    for k in range(3):
+        report.on_frame(copy(base, frame=k + 1, fell_back=True, note=note, over_cfl=True, cfl=190000.0,
+                             volume=start * 1.4))
+    lines = out.getvalue().splitlines()
+    assert note in lines[0] and "max_substeps" in lines[0] and "CFL 1.9e+05 > 10" in lines[0]
+    assert all(note not in line and "FELL BACK" in line and "CFL 1.9e+05 > 10" in line for line in lines[1:])
+    summary = report.summary()
+    assert summary.count(note) == 1 and "CFL above 10" in summary and "in 3 frames, up to 1.9e+05" in summary
+    assert f"water volume {start:.4f} (start) -> {start * 1.4:.4f}" in summary
+
+
+class _FullDisk:
+    """A stats file that takes `room` more bytes, then fails like a full disk."""
+
+    def __init__(self, path, room):
+        self.file, self.room = open(path, "wb", buffering=0), room
+
+    def write(self, data):
+        if self.room <= 0:
+            raise OSError(28, "No space left on device")
+        n = min(len(data), self.room)
+        self.room -= n
+        return self.file.write(bytes(data[:n]))
+
+    def truncate(self, size):
+        return self.file.truncate(size)
+
+    def close(self):
+        self.file.close()
+
+
+def test_a_full_disk_keeps_the_stats_file_whole_lines(sim, tmp_path):
+    import json
+    from app.preflight import OutputError
+    path = tmp_path / "stats.jsonl"
+    report = RunReport(sim, stats_json=str(path), quiet=True)
+    stats = sim.step()
+    line = len(json.dumps(__import__("dataclasses").asdict(stats))) + 1
+    report.json_file = _FullDisk(path, 2 * line + line // 2)
+    report.on_frame(stats)
+    report.on_frame(stats)
+    with pytest.raises(OutputError, match=r"^--stats-json: cannot write .*No space left on device.*2 frames before"):
+        report.on_frame(stats)
+    report.close()
+    assert [json.loads(text)["frame"] for text in path.read_text().splitlines()] == [stats.frame] * 2
+
+
+def test_a_full_disk_leaves_no_partial_dump(sim, tmp_path, monkeypatch):
+    import app.report
+    from app.preflight import OutputError
+    report = RunReport(sim, dump_dir=str(tmp_path), quiet=True)
+    kept = []
+    sim.step(on_system=lambda system, b: (kept.append((system, b)), report.on_system(system, b)))
+    real = app.report.save_system
+
+    def full(path, *args, **kwargs):
+        Path(path).write_bytes(b"PK\x03\x04 half a zip")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(app.report, "save_system", full)
+    with pytest.raises(OutputError, match=r"^--dump-systems: cannot write .*\(No space left on device\); the dumps"):
+        sim.step(on_system=report.on_system)
+    monkeypatch.setattr(app.report, "save_system", real)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [f"frame{sim.frame - 1:05d}.npz"]
+    load_system(tmp_path / names[0])
+
+
+def test_the_n_slider_refuses_a_grid_that_does_not_fit_and_the_run_goes_on(sim, monkeypatch):
+    import sim.memory as memory
+    state = ViewerState.from_simulation(sim)
+    grid = (sim.nx, sim.ny)
+    need = memory.estimate(*grid, sim.solver.method, process=False).total
+    monkeypatch.setattr(memory, "available", lambda: (need + 10 ** 6, "a test's limit"))
+    state.set_cells(262_144)
+    same = state.apply(sim)
+    assert same is sim and (sim.nx, sim.ny) == state.grid == grid
+    assert f"grid 724x362 with solver {sim.solver.method} needs about" in state.error and "a test's limit" in state.error
+    assert state.advance(sim) is not None
+    finite_fields(sim)
 
 
 def test_run_window_without_display_suggests_headless(sim, monkeypatch, capsys):

@@ -41,7 +41,14 @@ def _error_line(capsys) -> str:
     ([DAMBREAK, "--ratio", "0.5"], ["--ratio", "1 to 1000", "0.5"]),
     ([DAMBREAK, "--ratio", "lots"], ["--ratio", "a number", "lots"]),
     ([DAMBREAK, "--solver", "magic"], ["--solver", "magic", "mgpcg"]),
-    ([DAMBREAK, "--frames", "0"], ["--frames", "1 up", "0"]),
+    ([DAMBREAK, "--frames", "0"], ["--frames", "1 to 1000000", "0"]),
+    ([DAMBREAK, "--frames", "10000000"], ["--frames", "1 to 1000000", "10000000"]),
+    ([DAMBREAK, "--frames", "9" * 5000], ["--frames", "an integer", "..."]),
+    ([DAMBREAK, "--grid", "9" * 5000 + "x8"], ["--grid", "NXxNY", "..."]),
+    ([DAMBREAK, "--tol", "nan"], ["--tol", "1e-14 to 0.1", "nan"]),
+    ([DAMBREAK, "--ratio", "inf"], ["--ratio", "1 to 1000", "inf"]),
+    ([DAMBREAK, "--record-fps", "0"], ["--record-fps", "1 to 240", "0"]),
+    ([DAMBREAK, "--dump-every", "-1"], ["--dump-every", "1 to 1000000"]),
     ([DAMBREAK, "--tol", "2"], ["--tol", "0.1", "2"]),
     ([DAMBREAK, "--render", "rainbow"], ["--render", "rainbow", "vorticity"]),
     ([DAMBREAK, "--fast"], ["unrecognized", "--fast"]),
@@ -66,14 +73,42 @@ def test_bad_scene_names_file_field_and_expectation(tmp_path, capsys):
     assert "missing.yaml" in _error_line(capsys)
 
 
-@pytest.mark.parametrize("flag", ["--stats-json", "--record", "--screenshot"])
-def test_unwritable_output_is_refused_before_the_run(flag, tmp_path, capsys, nothing_is_built):
-    target = str(tmp_path / "no" / "such" / "dir" / "out.file")
-    with pytest.raises(SystemExit) as exit_info:
-        main.main([DAMBREAK, "--headless", flag, target])
-    assert exit_info.value.code == 2
+@pytest.mark.parametrize("flag, target, words", [
+    ("--stats-json", "{tmp}/no/such/dir/out.jsonl", ["writable file path", "No such file or directory"]),
+    ("--stats-json", "{tmp}", ["writable file path", "a directory"]),
+    ("--stats-json", "/proc/version", ["writable file path", "Invalid argument"]),
+    ("--stats-json", "/dev/full", ["a device, FIFO or socket"]),
+    ("--stats-json", "/proc/stats.jsonl", ["writable file path"]),  # a read-only place, even for root
+    ("--record", "{tmp}/no/such/dir/out.mp4", ["ending in .mp4 or .gif", "No such file"]),
+    ("--record", "{tmp}/out.xyz", ["ending in .mp4 or .gif"]),
+    ("--record", "{tmp}/out.avi", ["ending in .mp4 or .gif"]),
+    ("--record", "{tmp}/out", ["ending in .mp4 or .gif"]),
+    ("--record", "/proc/out.mp4", ["ending in .mp4 or .gif"]),
+    ("--screenshot", "{tmp}/out.jpg", ["ending in .png"]),
+    ("--screenshot", "/proc/out.png", ["ending in .png"]),
+    ("--dump-systems", "{tmp}/file", ["writable directory", "a file"]),
+    ("--dump-systems", "/dev/null", ["writable directory", "a device"]),
+    ("--dump-systems", "/proc/dumps", ["writable directory"]),
+])
+def test_unusable_output_is_refused_before_the_run(flag, target, words, tmp_path, capsys, nothing_is_built):
+    (tmp_path / "file").write_text("keep me")
+    target = target.format(tmp=tmp_path)
+    assert main.main([DAMBREAK, "--headless", flag, target]) == 2
     line = _error_line(capsys)
-    assert flag in line and target in line
+    assert line.startswith(f"error: {flag}: expected") and repr(target) in line, line
+    for word in words:
+        assert word in line, line
+    assert (tmp_path / "file").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # the checks leave nothing behind
+
+
+def test_scene_problems_come_before_the_memory_check_and_taichi(tmp_path, capsys, monkeypatch):
+    import sim.memory
+    monkeypatch.setattr(sim.memory, "available", lambda: (10 ** 9, "a test's limit"))
+    assert main.main([DAMBREAK, "--headless", "--grid", "512x512"]) == 2
+    line = _error_line(capsys)
+    assert line.startswith("error: grid 512x512 with solver mgpcg needs about ") and "GB" in line, line
+    assert "but 1.00 GB is available (a test's limit)" in line, line
 
 
 def test_cuda_without_a_gpu_is_a_clear_error(capsys):
@@ -131,6 +166,22 @@ def test_bench_interleaves_the_solvers_and_takes_medians():
     out = interleaved({"a": fake("a", [5.0, 1.0, 3.0]), "b": fake("b", [2.0, 9.0, 4.0])}, 3)
     assert order == ["a", "b", "a", "b", "a", "b"]
     assert out["a"]["solve_ms"] == 3.0 and out["b"]["solve_ms"] == 4.0 and out["a"]["iterations"] == 3
+
+
+def test_a_write_that_fails_mid_run_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    from app.preflight import OutputError
+    from app.report import RunReport
+    real = RunReport.on_frame
+
+    def full_disk(self, stats):
+        if stats.frame == 2:
+            raise OutputError("--stats-json: cannot write 'x' (No space left on device)")
+        real(self, stats)
+    monkeypatch.setattr(RunReport, "on_frame", full_disk)
+    assert main.main([DAMBREAK, "--headless", "--frames", "3", "--grid", "32x16", "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == "error: --stats-json: cannot write 'x' (No space left on device)"
+    assert "1 frames of dam break" in captured.out  # the summary of what ran
 
 
 def test_window_without_display_says_so_before_building_anything(monkeypatch, capsys, nothing_is_built):

@@ -339,3 +339,58 @@ def test_reset_add_water_and_push():
     sim.reset()
     assert (sim.frame, sim.time) == (0, 0.0) and sim.water_volume() == pytest.approx(start)
     assert np.abs(sim.fields()["speed"]).max() == 0.0
+
+
+# ---------------------------------------------------------------------- extreme but valid, and absurd input
+@pytest.mark.parametrize("du", [1e300, 1e30, float("inf"), 101.0])
+def test_push_refuses_an_absurd_velocity_and_changes_nothing(du):
+    sim = _sim(_dambreak())
+    sim.step()
+    before = sim.state()
+    with pytest.raises(ValueError, match=r"^du: expected a number from -100 to 100 m/s|^du: expected a finite"):
+        sim.push(1.0, 0.5, du, 0.0, 0.2)
+    for name, values in sim.state().items():
+        np.testing.assert_array_equal(values, before[name])
+    assert sim.step().frame == 2
+
+
+def test_an_absurd_state_stops_the_step_naming_the_field_and_frame():
+    sim = _sim(_dambreak())
+    for _ in range(1200):  # about 95 m/s a push next to the centre: above 1e5 m/s in the end
+        sim.push(1.0, 0.5, 100.0, 0.0, 0.2)
+    with pytest.raises(SimulationError, match=r"^frame 1 \(t = 0\.0000 s\): absurd velocity \(\|u\| or \|v\| above "
+                                              r"100000 m/s\) in the state before the substep"):
+        sim.step()
+    assert np.isfinite(sim.fields()["speed"]).all()
+    fast = sim.state()
+    fast["u"][5, 5] = 2e5
+    with pytest.raises(ValueError, match=r"^u: expected speeds from 0 to 100000 m/s, got 200000"):
+        sim.restore(fast)
+
+
+def test_a_cfl_beyond_what_the_advection_tolerates_is_reported():
+    extreme = _scene([{"type": "box", "min": [0, 0], "max": [2, 0.5], "velocity": [100, 0]}], top="open",
+                     gravity=100, time={"frame_dt": 0.1, "cfl": 10, "max_substeps": 1})
+    stats = _sim(extreme).step()
+    assert stats.substeps == 1 and stats.cfl > 100 and stats.over_cfl
+    assert not _sim(_dambreak()).step().over_cfl
+
+
+def test_the_memory_model_counts_the_fields_the_grid_allocates():
+    from sim import memory
+    assert memory.FIELD_BYTES == grid.bytes_per_capacity_cell()
+    state = grid.acquire(_Owner(), 20, 9)
+    assert (state.capx, state.capy) == (memory.capacity(20), memory.capacity(9)) == (32, 16)
+
+
+def test_resize_refuses_a_grid_that_does_not_fit_and_goes_on(monkeypatch):
+    from sim import memory
+    sim = _sim(_dambreak())
+    sim.step()
+    room = memory.estimate(64, 32, "mgpcg", process=False).total
+    monkeypatch.setattr(memory, "available", lambda: (room, "a test's limit"))
+    sim.resize(64, 32)  # just fits
+    with pytest.raises(memory.MemoryLimitError, match=r"^grid 128x64 with solver mgpcg needs about .* GB .*, but "
+                                                      r".* GB is available \(a test's limit\)"):
+        sim.resize(128, 64)
+    assert (sim.nx, sim.ny) == (64, 32) and sim.step().converged
