@@ -2,8 +2,14 @@
 
 `pcg` iterates on the range of A when A is singular (all-Neumann components): the
 right-hand side and every preconditioned residual are projected, so the pressure never
-drifts. It stops at a relative residual `tol` (||b - A x|| / ||b||) or at `maxiter`, and
-says honestly which of the two happened.
+drifts. It stops at a relative residual `tol` of that projected system (||P b - A x|| / ||P b||)
+or at `maxiter`, and says honestly which of the two happened.
+
+What it reports is recomputed at the end in float64 from the returned x and the b it was
+given: `residual` = ||b - A x|| / ||b||. When b has a component in A's null space (an
+inconsistent right-hand side: a closed box whose sources do not sum to zero), no x can remove
+it: `rhs_projected` is its relative size, `residual` never goes below it, and `converged`
+refers to the projected system. Past `tol` the note says so.
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from .system import PoissonSystem
@@ -33,15 +40,28 @@ class SolveResult:
 
     x: torch.Tensor
     iterations: int
-    residual: float  # final relative residual ||b - A x|| / ||b||, recomputed from x
-    converged: bool
+    residual: float  # ||b - A x|| / ||b|| in float64 from the returned x and the given b; >= rhs_projected
+    converged: bool  # the projected system P b reached tol (P = I when A is regular)
     seconds: float
     method: str
-    history: list[float] = field(default_factory=list)  # relative residual per iteration (0 first)
+    history: list[float] = field(default_factory=list)  # ||P b - A x|| / ||P b|| per iteration (0 first)
     setup_seconds: float = 0.0
     fell_back: bool = False
     primary_iterations: int = 0  # iterations spent by the primary method before a fallback
     note: str = ""
+    rhs_projected: float = 0.0  # ||b - P b|| / ||b||: the null-space part of b, removed before solving
+
+
+def check_settings(tol: object, maxiter: object) -> None:
+    """tol must be a number in (0, 1), maxiter None or an integer >= 1; anything else names the argument."""
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating, np.integer)):
+        raise TypeError(f"tol must be a number in (0, 1), got {tol!r}")
+    if not 0.0 < float(tol) < 1.0:
+        raise ValueError(f"tol: tolerance must be > 0 and < 1 (a relative residual), got {tol!r}")
+    if maxiter is not None and (isinstance(maxiter, bool) or not isinstance(maxiter, (int, np.integer))):
+        raise TypeError(f"maxiter must be None or an integer >= 1, got {maxiter!r}")
+    if maxiter is not None and maxiter < 1:
+        raise ValueError(f"maxiter must be None or an integer >= 1, got {maxiter!r}")
 
 
 def _sync(device: torch.device) -> None:
@@ -53,21 +73,21 @@ def pcg(system: PoissonSystem, b: torch.Tensor, precond: Preconditioner, tol: fl
         maxiter: int | None = None, x0: torch.Tensor | None = None) -> SolveResult:
     """Solve A x = b by PCG; `precond` must be set up for `system` and be symmetric positive definite."""
     t0 = time.perf_counter()
+    check_settings(tol, maxiter)
+    given = system.check_vector(b, "b")
+    x0 = None if x0 is None else system.check_vector(x0, "x0")
     maxiter = int(maxiter) if maxiter is not None else max(500, 20 * max(system.shape))
-    b = system.project(b.reshape(-1).to(system.dtype))
-    x = torch.zeros_like(b) if x0 is None else system.project(x0.reshape(-1).to(b.dtype).clone())
+    b = system.project(given.to(system.dtype))
     bnorm = float(torch.linalg.vector_norm(b))
-    if bnorm == 0.0 or not math.isfinite(bnorm):
-        ok = bnorm == 0.0
-        return SolveResult(torch.zeros_like(b), 0, 0.0 if ok else float("nan"), ok,
-                           time.perf_counter() - t0, precond.name, [0.0] if ok else [],
-                           note="" if ok else "right-hand side is not finite")
-    r = b - system.matvec(x)
-    z = system.project(precond.apply(r))
-    p = z.clone()
-    rz = torch.dot(r, z)
-    history = [float(torch.linalg.vector_norm(r)) / bnorm]
+    x = torch.zeros_like(b) if x0 is None or bnorm == 0.0 else system.project(x0.to(b.dtype).clone())
+    history = [0.0]
     it = 0
+    if bnorm > 0.0:
+        r = b - system.matvec(x)
+        z = system.project(precond.apply(r))
+        p = z.clone()
+        rz = torch.dot(r, z)
+        history = [float(torch.linalg.vector_norm(r)) / bnorm]
     while not history[-1] <= tol and it < maxiter:     # a NaN start takes one step, then stops
         q = system.matvec(p)
         alpha = rz / torch.dot(p, q)
@@ -83,8 +103,25 @@ def pcg(system: PoissonSystem, b: torch.Tensor, precond: Preconditioner, tol: fl
         rz = rz_new
         p.mul_(beta).add_(z)
     x = system.project(x)
-    true_res = float(torch.linalg.vector_norm(b - system.matvec(x))) / bnorm
-    converged = bool(history[-1] <= tol and true_res <= 2.0 * tol)
+    residual, projected_residual, removed = _account(system, given, x)
+    converged = bool(history[-1] <= tol and projected_residual <= 2.0 * tol)
     _sync(b.device)
-    note = "" if converged else f"no convergence to {tol:g} in {it} iterations (residual {true_res:.2e})"
-    return SolveResult(x, it, true_res, converged, time.perf_counter() - t0, precond.name, history, note=note)
+    notes = []
+    if removed > tol:
+        notes.append(f"inconsistent right-hand side: its null-space part ({removed:.1e} of ||b||) was projected out")
+    if not converged:
+        notes.append(f"no convergence to {tol:g} in {it} iterations (residual {projected_residual:.2e})")
+    return SolveResult(x, it, residual, converged, time.perf_counter() - t0, precond.name, history,
+                       note="; ".join(notes), rhs_projected=removed)
+
+
+def _account(system: PoissonSystem, b: torch.Tensor, x: torch.Tensor) -> tuple[float, float, float]:
+    """(||b - A x|| / ||b||, ||P b - A x|| / ||P b||, ||b - P b|| / ||b||) in float64, against the given b."""
+    b = b.to(torch.float64)
+    ax = system.matvec(x.to(torch.float64))     # float64: the coefficients promote exactly
+    pb = system.project(b)
+    norm = lambda v: float(torch.linalg.vector_norm(v))
+    b_norm, pb_norm = norm(b), norm(pb)
+    residual = norm(b - ax) / b_norm if b_norm > 0 else 0.0
+    projected = norm(pb - ax) / pb_norm if pb_norm > 0 else 0.0
+    return residual, projected, system.null_component(b)

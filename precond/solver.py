@@ -2,8 +2,14 @@
 
 `Solver` is what the simulator holds (build once, solve every frame); `solve` is the
 one-call form for scipy matrices, for use outside the simulator. A preconditioner that
-cannot be built (e.g. a missing HTP checkpoint) or a solve that does not converge falls
-back to `fallback` (mgpcg by default); the result says so (`fell_back`, `note`).
+cannot be built or set up (e.g. a missing or unusable checkpoint: PreconditionerUnavailable)
+or a solve that does not converge falls back to `fallback` (mgpcg by default); the result
+says so (`fell_back`, `note`), and an unavailable method is warned about once, in one line.
+
+Input is checked before any work, cheaply (O(N) tensor operations): the matrix when its
+PoissonSystem is made, b and x0 by `PoissonSystem.check_vector`, tol and maxiter by
+`check_settings`. Bad input is a ValueError or TypeError naming the argument and what was
+expected, for every method alike.
 """
 from __future__ import annotations
 
@@ -16,8 +22,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .pcg import Preconditioner, SolveResult, pcg
-from .system import PoissonSystem
+from .pcg import Preconditioner, SolveResult, check_settings, pcg
+from .system import PoissonSystem, check_grid
 
 
 class PreconditionerUnavailable(RuntimeError):
@@ -36,9 +42,13 @@ _REGISTRY: dict[str, str] = {
 METHODS: tuple[str, ...] = tuple(_REGISTRY)
 
 
-def make_preconditioner(name: str) -> Preconditioner:
+def _check_method(name: object, argument: str = "") -> None:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown solver {name!r}; expected one of: {', '.join(_REGISTRY)}")
+        raise ValueError(f"unknown solver {name!r}{argument}; expected one of: {', '.join(_REGISTRY)}")
+
+
+def make_preconditioner(name: str) -> Preconditioner:
+    _check_method(name)
     module, attr = _REGISTRY[name].split(":")
     factory: Callable[[], Preconditioner] = getattr(importlib.import_module(module), attr)
     return factory()
@@ -53,24 +63,30 @@ class Solver:
 
     def __init__(self, method: str = "mgpcg", tol: float = 1e-6, maxiter: int | None = None,
                  fallback: str | None = "mgpcg", precond: Preconditioner | None = None) -> None:
-        if method not in _REGISTRY:
-            raise ValueError(f"unknown solver {method!r}; expected one of: {', '.join(_REGISTRY)}")
-        if not tol > 0:
-            raise ValueError(f"tolerance must be > 0, got {tol}")
+        _check_method(method)
+        if fallback is not None:
+            _check_method(fallback, " for fallback")
+        check_settings(tol, maxiter)
         self.method, self.tol, self.maxiter = method, float(tol), maxiter
         self.fallback = fallback if fallback != method else None
         self._precond: Preconditioner | None = precond
-        self._unavailable: str = ""
+        # why the primary cannot serve: key None for every grid (it cannot be built), else per grid shape
+        self._unavailable: dict[tuple[int, int] | None, str] = {}
         self._fallback_precond: Preconditioner | None = None
 
+    def _mark_unavailable(self, shape: tuple[int, int] | None, err: PreconditionerUnavailable) -> None:
+        self._unavailable[shape] = str(err)
+        warnings.warn(f"solver {self.method!r} unavailable ({err}); using {self.fallback!r} instead", stacklevel=4)
+
+    def _why_unavailable(self, shape: tuple[int, int]) -> str:
+        return self._unavailable.get(None) or self._unavailable.get(shape, "")
+
     def _primary(self) -> Preconditioner | None:
-        if self._precond is None and not self._unavailable:
+        if self._precond is None and None not in self._unavailable:
             try:
                 self._precond = make_preconditioner(self.method)
             except PreconditionerUnavailable as err:
-                self._unavailable = str(err)
-                warnings.warn(f"solver {self.method!r} unavailable ({err}); using {self.fallback!r} instead",
-                              stacklevel=3)
+                self._mark_unavailable(None, err)
         return self._precond
 
     def _run(self, precond: Preconditioner, system: PoissonSystem, b: torch.Tensor,
@@ -86,37 +102,78 @@ class Solver:
         return res
 
     def solve(self, system: PoissonSystem, b: torch.Tensor, x0: torch.Tensor | None = None) -> SolveResult:
-        """Solve A x = b; falls back (and says so) when the primary method fails."""
+        """Solve A x = b; falls back (and says so) when the primary method is unavailable or fails.
+
+        A singular A (all-Neumann components) is solved on its range: b's null-space part is
+        projected out and reported as `rhs_projected` (see pcg)."""
+        b = system.check_vector(b, "b")
+        x0 = None if x0 is None else system.check_vector(x0, "x0")
         precond = self._primary()
         first: SolveResult | None = None
-        if precond is not None:
-            first = self._run(precond, system, b, x0, self.maxiter)
-            if first.converged or self.fallback is None:
-                return first
+        if precond is not None and not self._why_unavailable(system.shape):
+            try:
+                first = self._run(precond, system, b, x0, self.maxiter)
+            except PreconditionerUnavailable as err:   # e.g. a checkpoint read for this grid in setup
+                self._mark_unavailable(system.shape, err)
+            else:
+                if first.converged or self.fallback is None:
+                    return first
         if self.fallback is None:
-            raise PreconditionerUnavailable(self._unavailable)
+            raise PreconditionerUnavailable(self._why_unavailable(system.shape))
         if self._fallback_precond is None:
             self._fallback_precond = make_preconditioner(self.fallback)
         res = self._run(self._fallback_precond, system, b, x0, None)  # the fallback gets its default cap
         res.fell_back = True
-        why = self._unavailable or (first.note if first is not None else "")
-        res.note = f"{self.method} -> {self.fallback}: {why}"
+        why = self._why_unavailable(system.shape) or (first.note if first is not None else "")
+        res.note = f"{self.method} -> {self.fallback}: {why}" + (f"; {res.note}" if res.note else "")
         if first is not None:
             res.seconds += first.seconds
             res.primary_iterations = first.iterations
         return res
 
 
-def solve(A: sp.spmatrix, b: np.ndarray, grid: tuple[int, int], method: str = "mgpcg", tol: float = 1e-6,
-          maxiter: int | None = None, device: str = "cpu") -> SolveResult:
-    """Solve a 5-point SPD (or all-Neumann, consistent) system given as scipy sparse + grid shape.
+def _check_device(device: object) -> torch.device:
+    """A torch device this process can use: 'cpu', or 'cuda' / 'cuda:k' where CUDA is available."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:k]', got {device!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:k]', got {device!r}")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r}: CUDA is not available here; expected 'cpu'")
+        if (dev.index or 0) >= count:
+            raise ValueError(f"device {device!r}: this machine has cuda:0 to cuda:{count - 1}")
+    return dev
 
-    Returns a SolveResult whose `x` is a numpy vector in the order of `b`.
+
+def solve(A: sp.spmatrix | np.ndarray, b: np.ndarray, grid: tuple[int, int], method: str = "mgpcg",
+          tol: float = 1e-6, maxiter: int | None = None, device: str = "cpu", project: bool = False) -> SolveResult:
+    """Solve a 5-point SPD (or all-Neumann) system given as scipy sparse (or dense numpy) + grid shape.
+
+    Returns a SolveResult whose `x` is a numpy vector in the order of `b`. A singular A with a
+    right-hand side whose null-space part exceeds `tol` (relative to ||b||) has no solution: it
+    is a ValueError unless `project=True`, which solves the projected system and reports the
+    part removed as `rhs_projected` (then `residual` >= `rhs_projected`).
     """
-    system = PoissonSystem.from_csr(A, grid, device=device)
-    b_t = torch.as_tensor(np.asarray(b, dtype=np.float64).reshape(-1), device=device)
-    if b_t.numel() != system.n:
-        raise ValueError(f"b has {b_t.numel()} entries but the grid {grid[0]}x{grid[1]} has {system.n} cells")
-    res = Solver(method, tol, maxiter).solve(system, b_t)
+    solver = Solver(method, tol, maxiter)            # method, tol, maxiter checked before any work
+    dev = _check_device(device)
+    nx, ny = check_grid(grid)
+    system = PoissonSystem.from_csr(A, (nx, ny), device=dev)
+    b_np = np.asarray(b)
+    if np.iscomplexobj(b_np) or not (np.issubdtype(b_np.dtype, np.number) or b_np.dtype == bool):
+        raise TypeError(f"b must be a real vector, got dtype {b_np.dtype}")
+    if b_np.size != system.n:
+        raise ValueError(f"b has {b_np.size} entries but the grid {nx}x{ny} has {system.n} cells")
+    b_t = system.check_vector(torch.as_tensor(b_np.astype(np.float64).reshape(-1), device=dev), "b")
+    removed = system.null_component(b_t)
+    if removed > tol and not project:
+        raise ValueError(
+            f"b is inconsistent with the singular A (a component without Dirichlet faces): its null-space part "
+            f"is {removed:.2e} of ||b||, above tol={tol:g}; expected b summing to zero over every such "
+            f"component, or pass project=True to solve the projected system")
+    res = solver.solve(system, b_t)
     res.x = res.x.detach().cpu().numpy()
     return res

@@ -9,6 +9,13 @@ with cx the coupling to the east neighbour (0 on the last column) and cy to the 
 neighbour (0 on the top row). Dirichlet faces only add to diag. A connected component of
 cells with no Dirichlet face makes A singular, with that component's indicator as a null
 vector; `project` removes those null-space components so solvers work on the range of A.
+
+A PoissonSystem is checked when it is made, in a few O(N) tensor operations: finite entries,
+diag > 0, couplings >= 0 and diag >= the sum of a cell's couplings (weak diagonal dominance).
+Symmetric by construction, such a matrix is positive definite, or semi-definite with exactly
+the floating components' indicators as null space, which is what every solver here needs; any
+other matrix is a ValueError naming the first offending cell. `check_vector` is the same gate
+for right-hand sides and initial guesses.
 """
 from __future__ import annotations
 
@@ -23,6 +30,21 @@ import torch
 # A cell is grounded (touches a Dirichlet face) when its Dirichlet weight diag - sum(couplings)
 # exceeds this fraction of max |diag|: far above the round-off of that difference.
 NULL_TOL = 1e-10
+# Weak diagonal dominance holds when diag - sum(couplings) >= -DOMINANCE_EPS * eps(dtype) * diag:
+# the round-off of that difference (four additions, or float32 copies of float64 values).
+DOMINANCE_EPS = 64
+
+
+def check_grid(grid: object, name: str = "grid") -> tuple[int, int]:
+    """(nx, ny) as Python ints from a pair of integers >= 1; anything else names `name`."""
+    if not isinstance(grid, (tuple, list)) or len(grid) != 2:
+        raise TypeError(f"{name} must be a pair of integers (nx, ny), got {grid!r}")
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in grid):
+        raise TypeError(f"{name} must be two integers (nx, ny), got {tuple(grid)!r}")
+    nx, ny = int(grid[0]), int(grid[1])
+    if nx < 1 or ny < 1:
+        raise ValueError(f"{name} must be at least 1x1, got {nx}x{ny}")
+    return nx, ny
 
 
 @lru_cache(maxsize=16)
@@ -53,15 +75,70 @@ class PoissonSystem:
     _null: tuple[torch.Tensor | None, torch.Tensor] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not (self.diag.shape == self.cx.shape == self.cy.shape) or self.diag.dim() != 2:
-            raise ValueError(
-                f"diag, cx, cy must share one (nx, ny) shape; got {tuple(self.diag.shape)}, "
-                f"{tuple(self.cx.shape)}, {tuple(self.cy.shape)}")
+        self._check_arrays()
         self.cx = self.cx.clone()
         self.cy = self.cy.clone()
         self.cx[-1, :] = 0.0
         self.cy[:, -1] = 0.0
-        self._null = self._null_space()
+        dirichlet = self.dirichlet()
+        self._check_spd(dirichlet)
+        self._null = self._null_space(dirichlet)
+
+    # ------------------------------------------------------------------ checks
+    def _check_arrays(self) -> None:
+        arrays = {"diag": self.diag, "cx": self.cx, "cy": self.cy}
+        for name, a in arrays.items():
+            if not isinstance(a, torch.Tensor):
+                raise TypeError(f"{name} must be a torch tensor, got {type(a).__name__}")
+            if not a.is_floating_point():
+                raise TypeError(f"{name} must be a real floating-point tensor, got {a.dtype}")
+        if len({a.dtype for a in arrays.values()}) > 1 or len({a.device for a in arrays.values()}) > 1:
+            raise TypeError("diag, cx, cy must share one dtype and device; got "
+                            + ", ".join(f"{a.dtype} on {a.device}" for a in arrays.values()))
+        if not (self.diag.shape == self.cx.shape == self.cy.shape) or self.diag.dim() != 2:
+            raise ValueError(
+                f"diag, cx, cy must share one (nx, ny) shape; got {tuple(self.diag.shape)}, "
+                f"{tuple(self.cx.shape)}, {tuple(self.cy.shape)}")
+        if self.diag.numel() == 0:
+            raise ValueError(f"the grid must be at least 1x1, got {self.nx}x{self.ny}")
+
+    def _check_spd(self, dirichlet: torch.Tensor) -> None:
+        """One fused test on the fast path; the first offending cell is looked for only on failure."""
+        slack = DOMINANCE_EPS * torch.finfo(self.dtype).eps
+        ok = ((self.diag > 0).all() & (self.cx >= 0).all() & (self.cy >= 0).all()
+              & (dirichlet >= -slack * self.diag).all() & torch.isfinite(dirichlet).all())
+        if bool(ok):
+            return
+        rules = [("diag", self.diag, ~torch.isfinite(self.diag), "finite entries"),
+                 ("cx", self.cx, ~torch.isfinite(self.cx), "finite entries"),
+                 ("cy", self.cy, ~torch.isfinite(self.cy), "finite entries"),
+                 ("diag", self.diag, ~(self.diag > 0), "diag > 0 (a cell without an unknown is an identity row)"),
+                 ("cx", self.cx, self.cx < 0, "couplings cx >= 0 (off-diagonal entries <= 0)"),
+                 ("cy", self.cy, self.cy < 0, "couplings cy >= 0 (off-diagonal entries <= 0)"),
+                 ("diag - couplings", dirichlet, dirichlet < -slack * self.diag,
+                  "diag >= the sum of the cell's couplings (weak diagonal dominance)")]
+        for name, values, bad, expected in rules:
+            if bool(bad.any()):
+                k = int(torch.nonzero(bad.reshape(-1))[0])
+                i, j = divmod(k, self.ny)
+                raise ValueError(f"A is not a symmetric positive (semi-)definite 5-point matrix: {name} at cell "
+                                 f"({i}, {j}) (row {k}) is {float(values.reshape(-1)[k]):.6g}; expected {expected}")
+
+    def check_vector(self, v: object, name: str) -> torch.Tensor:
+        """v as a flat vector of this system's n entries: a real, finite torch tensor on its device."""
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"{name} must be a torch tensor, got {type(v).__name__}")
+        if v.is_complex() or v.dtype == torch.bool:
+            raise TypeError(f"{name} must be real, got {v.dtype}")
+        if v.numel() != self.n:
+            raise ValueError(f"{name} has {v.numel()} entries but the {self.nx}x{self.ny} grid has {self.n} cells")
+        if v.device != self.device:
+            raise ValueError(f"{name} is on {v.device} but the system is on {self.device}")
+        v = v.reshape(-1)
+        if not bool(torch.isfinite(v).all()):
+            k = int(torch.nonzero(~torch.isfinite(v))[0])
+            raise ValueError(f"{name} is not finite: entry {k} is {float(v[k])}; expected finite values")
+        return v
 
     # ------------------------------------------------------------------ shape
     @property
@@ -128,11 +205,11 @@ class PoissonSystem:
         return self.diag - self.cx - self.west - self.cy - self.south
 
     # ------------------------------------------------------------------ null space
-    def _null_space(self) -> tuple[torch.Tensor | None, torch.Tensor] | None:
+    def _null_space(self, dirichlet: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor] | None:
         """Label every cell with its floating component (no Dirichlet weight), or None if A is regular.
 
         The labels are None when the whole grid is one floating component (a closed box)."""
-        grounded_cell = self.dirichlet().abs().reshape(-1) > NULL_TOL * self.diag.abs().max()
+        grounded_cell = dirichlet.abs().reshape(-1) > NULL_TOL * self.diag.abs().max()
         if bool(grounded_cell.all()):
             return None
         if bool((self.cx[:-1] > 0).all()) and bool((self.cy[:, :-1] > 0).all()):
@@ -172,6 +249,14 @@ class PoissonSystem:
         means[-1] = 0.0
         return v - means[label]
 
+    def null_component(self, v: torch.Tensor) -> float:
+        """||v - project(v)|| / ||v|| in float64: how far A x = v is from solvable (0 when A is regular)."""
+        if self._null is None:
+            return 0.0
+        v = v.reshape(-1).to(torch.float64)
+        norm = float(torch.linalg.vector_norm(v))
+        return float(torch.linalg.vector_norm(v - self.project(v))) / norm if norm > 0 else 0.0
+
     # ------------------------------------------------------------------ sparse export / import
     def _graph(self) -> sp.csr_matrix:
         a = self.to_csr()
@@ -189,15 +274,23 @@ class PoissonSystem:
         return a
 
     @classmethod
-    def from_csr(cls, a: sp.spmatrix, grid: tuple[int, int], device: str | torch.device = "cpu",
+    def from_csr(cls, a: sp.spmatrix | np.ndarray, grid: tuple[int, int], device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float64) -> "PoissonSystem":
-        """Read a symmetric 5-point matrix on an (nx, ny) grid; anything off the stencil is an error."""
-        nx, ny = int(grid[0]), int(grid[1])
+        """Read a symmetric 5-point matrix (scipy sparse, or a dense 2-D numpy array) on an (nx, ny)
+        grid; anything off the stencil, complex or not finite is an error."""
+        nx, ny = check_grid(grid)
         n = nx * ny
+        if not (sp.issparse(a) or (isinstance(a, np.ndarray) and a.ndim == 2)):
+            raise TypeError(f"A must be a scipy sparse matrix or a 2-D numpy array, got {type(a).__name__}")
+        if np.iscomplexobj(a) or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+            raise TypeError(f"A must be real, got dtype {a.dtype}")
         if a.shape != (n, n):
             raise ValueError(f"matrix is {a.shape[0]}x{a.shape[1]} but grid {nx}x{ny} needs {n}x{n}")
         coo = sp.coo_matrix(a)
-        r, c, v = coo.row, coo.col, coo.data
+        r, c, v = coo.row, coo.col, coo.data.astype(np.float64)
+        if not np.isfinite(v).all():
+            k = int(np.flatnonzero(~np.isfinite(v))[0])
+            raise ValueError(f"A is not finite: entry ({r[k]}, {c[k]}) is {v[k]}; expected finite values")
         keep = v != 0
         r, c, v = r[keep], c[keep], v[keep]
         d = np.zeros(n)
@@ -223,7 +316,7 @@ class PoissonSystem:
         cy_s = np.zeros((nx, ny))
         np.add.at(cx_w, (ci[west], cj[west]), -v[west])
         np.add.at(cy_s, (ci[south], cj[south]), -v[south])
-        scale = max(np.abs(v).max(), 1e-300)
+        scale = max(np.abs(v).max(initial=0.0), 1e-300)
         if np.abs(cx - cx_w).max() > 1e-12 * scale or np.abs(cy - cy_s).max() > 1e-12 * scale:
             raise ValueError("matrix is not symmetric: a PoissonSystem needs A == A.T")
         t = lambda x: torch.as_tensor(x, dtype=dtype, device=device)

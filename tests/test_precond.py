@@ -102,8 +102,12 @@ def test_singular_closed_box_gives_mean_free_answer(method):
 def test_singular_inconsistent_rhs_is_projected_not_exploding():
     s = _system(16, 16, 100.0, open_top=False)
     b = np.ones(s.n) + np.random.default_rng(0).standard_normal(s.n)
-    res = solve(s.to_csr(), b, grid=(16, 16), method="mgpcg")
+    res = solve(s.to_csr(), b, grid=(16, 16), method="mgpcg", project=True)
     assert res.converged and np.isfinite(res.x).all() and np.abs(res.x).max() < 1e6
+    true = np.linalg.norm(b - s.to_csr() @ res.x) / np.linalg.norm(b)
+    assert res.rhs_projected == pytest.approx(abs(b.mean()) * np.sqrt(s.n) / np.linalg.norm(b), rel=1e-9)
+    assert res.residual == pytest.approx(true, rel=1e-9) and res.residual >= res.rhs_projected
+    assert "inconsistent right-hand side" in res.note
 
 
 def test_floating_component_next_to_grounded_one():
