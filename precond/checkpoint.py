@@ -3,8 +3,13 @@
 `model` is the network's state_dict, `config` its config dataclass as a dict, `record` how it was
 trained. Files are read with torch.load(..., weights_only=True) only (tensors and plain containers,
 no pickled code) and written atomically. Anything that keeps a file from giving a working network
-(missing, unreadable, another layout, weights that do not fit the config) is a CheckpointError,
-which is a PreconditionerUnavailable: a solver falls back on it.
+(missing, unreadable, another layout, a config the network cannot have, weights that do not fit
+it or are not finite) is a CheckpointError, which is a PreconditionerUnavailable: a solver falls
+back on it. Its message is one short line, the file and the reason; torch's own (multi-line)
+text stays in the exception's __cause__.
+
+Config dataclasses check their fields in __post_init__ (precond.config), so an impossible
+config (window 0, no heads) fails on load, not in the first solve.
 """
 from __future__ import annotations
 
@@ -49,13 +54,22 @@ def load_checkpoint(path: str | Path, layout: str, build: Callable[[dict], Net],
         raise CheckpointError(f"checkpoint {path} not found" + (f" ({hint})" if hint else ""))
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(ckpt, dict) or not {"layout", "config", "model"} <= set(ckpt):
-            raise ValueError("not a checkpoint (expected a dict with 'layout', 'config' and 'model')")
-        if ckpt["layout"] != layout:
-            raise ValueError(f"trained for layout {ckpt['layout']!r}, this code reads {layout!r}")
+    except (RuntimeError, ValueError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"checkpoint {path} is unreadable (corrupt, or holds more than tensors)") from err
+    if not isinstance(ckpt, dict) or not {"layout", "config", "model"} <= set(ckpt) \
+            or not isinstance(ckpt["config"], dict) or not isinstance(ckpt["model"], dict):
+        raise CheckpointError(f"checkpoint {path} is not a checkpoint (expected a dict with 'layout', "
+                              f"'config' and 'model')")
+    if ckpt["layout"] != layout:
+        raise CheckpointError(f"checkpoint {path} was trained for layout {ckpt['layout']!r}, this code reads {layout!r}")
+    try:
         net = build(ckpt["config"])
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"checkpoint {path} has an invalid config: {err}") from err
+    try:
         net.load_state_dict(ckpt["model"])
-    except (ValueError, RuntimeError, KeyError, TypeError, EOFError, OSError,
-            pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        raise CheckpointError(f"checkpoint {path} cannot be used: {err}") from err
+    except (RuntimeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"checkpoint {path} holds weights that do not fit its config") from err
+    if not all(bool(torch.isfinite(v).all()) for v in net.state_dict().values() if v.is_floating_point()):
+        raise CheckpointError(f"checkpoint {path} holds weights that are not finite")
     return net, ckpt.get("record", {})

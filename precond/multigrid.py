@@ -22,6 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .config import check_fields, is_int, is_positive
 from .system import PoissonSystem, stencil_pattern
 
 
@@ -30,6 +31,11 @@ class MultigridConfig:
     smooth_steps: int = 2      # Jacobi sweeps before and after the coarse correction
     omega: float = 0.8         # Jacobi damping (< 2 / lambda_max(D^-1 A) = 1 for these stencils)
     coarsest: int = 64         # cells at or below which a level is solved densely
+
+    def __post_init__(self) -> None:
+        check_fields(self, {"smooth_steps": (is_int(1), "an integer >= 1"),
+                            "omega": (lambda v: is_positive(v) and v <= 1, "a number in (0, 1]"),
+                            "coarsest": (is_int(1), "an integer >= 1")})
 
 
 def _prolong_1d(n: int) -> sp.csr_matrix:

@@ -30,6 +30,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .config import check_fields, is_int, is_positive
 from .dataset import parse_grid, synthetic_sample
 from .solver import PreconditionerUnavailable
 from .system import PoissonSystem
@@ -43,6 +44,10 @@ class SPAIConfig:
     channels: int = 16
     layers: int = 3
     eps: float = 1e-4          # M += eps / max(diag) I
+
+    def __post_init__(self) -> None:
+        check_fields(self, {"channels": (is_int(1), "an integer >= 1"), "layers": (is_int(0), "an integer >= 0"),
+                            "eps": (is_positive, "a finite number > 0")})
 
 
 def stencil_features(system: PoissonSystem) -> torch.Tensor:

@@ -75,7 +75,10 @@ class Solver:
         self._fallback_precond: Preconditioner | None = None
 
     def _mark_unavailable(self, shape: tuple[int, int] | None, err: PreconditionerUnavailable) -> None:
+        """Remember why (for every grid, or this one) and warn once; with no fallback, raise it."""
         self._unavailable[shape] = str(err)
+        if self.fallback is None:
+            raise err
         warnings.warn(f"solver {self.method!r} unavailable ({err}); using {self.fallback!r} instead", stacklevel=4)
 
     def _why_unavailable(self, shape: tuple[int, int]) -> str:

@@ -28,7 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .partition import Partition, shape_cache
+from ..config import check_fields, is_int, is_positive, is_power_of_two
+from .partition import Partition, leaf_tile, shape_cache
 
 CELL_FEATURES = 8
 LEAF_FEATURES = 11
@@ -52,6 +53,23 @@ class HTPConfig:
     highways: bool = True      # axial row / column buffers and the global token
     level_weight: float = 0.5  # weight of every coarse level (additive levels overlap)
     eps: float = 1e-4          # M += eps / max(diag) I
+
+    def __post_init__(self) -> None:
+        check_fields(self, {"leaf_size": (lambda v: is_power_of_two(v) and v >= 4, "a power of two >= 4")})
+        tx, ty = leaf_tile(self.leaf_size)
+        check_fields(self, {
+            "rank": (lambda v: is_power_of_two(v) and v >= 2, "a power of two >= 2"),
+            "segments": (lambda v: is_int(1)(v) and tx % v == 0 and ty % v == 0, f"an integer dividing {tx} and {ty}"),
+            "d_model": (is_int(1), "an integer >= 1"),
+            "n_layers": (is_int(0), "an integer >= 0"),
+            "n_heads": (lambda v: is_int(1)(v) and self.d_model % v == 0, "an integer >= 1 dividing d_model"),
+            "window": (is_power_of_two, "a power of two >= 1"),
+            "mlp_ratio": (is_int(1), "an integer >= 1"),
+            "head_hidden": (is_int(1), "an integer >= 1"),
+            "highways": (lambda v: isinstance(v, bool), "True or False"),
+            "level_weight": (lambda v: v == 0 or is_positive(v), "a finite number >= 0"),
+            "eps": (is_positive, "a finite number > 0"),
+        })
 
     @property
     def basis_size(self) -> int:

@@ -36,7 +36,7 @@ class HTP:
         CheckpointError (a PreconditionerUnavailable, so `Solver("htp")` falls back)."""
         path = Path(checkpoint or os.environ.get("HTP_CHECKPOINT") or DEFAULT_CHECKPOINT)
         model, record = load_checkpoint(path, LAYOUT, lambda cfg: HTPModel(HTPConfig.from_dict(cfg)),
-                                        hint=f"train one with `python -m precond.train --out {path}`")
+                                        hint="make one with `python -m precond.train`")
         self.path: Path | None = path
         self.model, self.record = model.eval(), record
         self.hm: HMatrix | None = None
