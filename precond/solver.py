@@ -6,9 +6,9 @@ cannot be built or set up (e.g. a missing or unusable checkpoint: Preconditioner
 or a solve that does not converge falls back to `fallback` (mgpcg by default); the result
 says so (`fell_back`, `note`), and an unavailable method is warned about once, in one line.
 
-Input is checked before any work, cheaply (O(N) tensor operations): the matrix when its
-PoissonSystem is made, b and x0 by `PoissonSystem.check_vector`, tol and maxiter by
-`check_settings`. Bad input is a ValueError or TypeError naming the argument and what was
+Input is checked cheaply (O(N) tensor operations): the matrix when its PoissonSystem is
+made, tol and maxiter by `check_settings` when a Solver is, b and x0 by
+`PoissonSystem.check_vector` in pcg. Bad input is a ValueError or TypeError naming the argument and what was
 expected, for every method alike.
 """
 from __future__ import annotations
@@ -109,8 +109,6 @@ class Solver:
 
         A singular A (all-Neumann components) is solved on its range: b's null-space part is
         projected out and reported as `rhs_projected` (see pcg)."""
-        b = system.check_vector(b, "b")
-        x0 = None if x0 is None else system.check_vector(x0, "x0")
         precond = self._primary()
         first: SolveResult | None = None
         if precond is not None and not self._why_unavailable(system.shape):
