@@ -28,7 +28,7 @@ MODELS: dict[str, MemoryModel] = {
     "none": MemoryModel(per_cell=90, fixed=4 * MIB),
     "jacobi": MemoryModel(per_cell=90, fixed=4 * MIB),
     "ic0": MemoryModel(per_cell=800, fixed=16 * MIB),
-    "mgpcg": MemoryModel(per_cell=6700, fixed=24 * MIB),
+    "mgpcg": MemoryModel(per_cell=4000, fixed=24 * MIB),
     "htp": MemoryModel(per_cell=2500, fixed=32 * MIB),
     "neural_spai": MemoryModel(per_cell=400, fixed=8 * MIB),
 }

@@ -3,14 +3,16 @@
 Cell-centred bilinear prolongation P (tensor product of the 1-D weights 3/4, 1/4) halves
 each side, so any nx, ny works (an odd side keeps its last coarse cell). Coarse operators
 are Galerkin products A_c = P^T A P, which keep jumps in 1/rho honest on every level; they
-are 9-point, so every level is a torch sparse CSR matrix and a cycle is a handful of sparse
-mat-vecs per level.
+have up to 5 x 5 points (the cell-centred P widens the stencil), so every level is a torch
+sparse CSR matrix and a cycle is a handful of sparse mat-vecs per level.
 
 The triple product is linear in A's entries and its sparsity depends only on the grid
-shape, so it is worked out once per shape (`_Hierarchy`) as one sparse "Galerkin map" per
-level; a new system then costs one sparse mat-vec per level to coarsen. Damped Jacobi
-pre- and post-smoothing with equal sweeps, R = P^T and an exact (pseudo-)inverse on the
-coarsest level make the V-cycle symmetric positive definite, as PCG needs.
+shape, so it is worked out once per shape (`_device_hierarchy`) as one sparse "Galerkin map"
+per level; a new system then costs one sparse mat-vec per level to coarsen. The maps are most
+of mgpcg's memory: about 80 entries per fine cell on the first level, 2.4 KB per cell in all.
+Damped Jacobi pre- and post-smoothing with equal sweeps, R = P^T and an exact
+(pseudo-)inverse on the coarsest level make the V-cycle symmetric positive definite, as PCG
+needs.
 """
 from __future__ import annotations
 
@@ -24,6 +26,9 @@ import torch
 
 from .config import check_fields, is_int, is_positive
 from .system import PoissonSystem, stencil_pattern
+
+
+_GALERKIN_CHUNK = 1 << 17   # fine entries per chunk of the Galerkin map's construction (~16 MiB a temporary)
 
 
 @dataclass(frozen=True)
@@ -94,20 +99,26 @@ def _galerkin_map(a: sp.csr_matrix, p: sp.csr_matrix, coarse_ny: int) -> tuple[s
     table[crow, (dx + reach) * span + dy + reach] = np.arange(coarse.nnz)
 
     rows = np.repeat(np.arange(a.shape[0]), np.diff(a.indptr))
-    w = pw[rows][:, :, None] * pw[a.indices][:, None, :]   # (fine entry, parent of row, parent of col)
-    keep = w != 0
-    ci = np.broadcast_to(pidx[rows][:, :, None], w.shape)[keep]
-    cj = np.broadcast_to(pidx[a.indices][:, None, :], w.shape)[keep]
-    slot = table[ci, (gx[cj] - gx[ci] + reach) * span + gy[cj] - gy[ci] + reach]
-    # kept products come grouped by fine entry: G's columns in CSC order
-    indptr = np.concatenate([[0], np.cumsum(keep.reshape(len(rows), -1).sum(1))])
-    g = sp.csc_matrix((w[keep], slot, indptr), shape=(coarse.nnz, len(rows))).tocsr()
-    return coarse, g
+    # G's columns in CSC order: fine entry e has (parents of its row) x (parents of its column) products
+    parents = np.diff(p.indptr)
+    indptr = np.concatenate([[0], np.cumsum(parents[rows] * parents[a.indices])])
+    values, slots = np.empty(indptr[-1]), np.empty(indptr[-1], dtype=np.int32)
+    for lo in range(0, a.nnz, _GALERKIN_CHUNK):   # filled in chunks of fine entries: bounded temporaries
+        r, c = rows[lo:lo + _GALERKIN_CHUNK], a.indices[lo:lo + _GALERKIN_CHUNK]
+        w = pw[r][:, :, None] * pw[c][:, None, :]   # (fine entry, parent of row, parent of col)
+        keep = w != 0
+        ci = np.broadcast_to(pidx[r][:, :, None], w.shape)[keep]
+        cj = np.broadcast_to(pidx[c][:, None, :], w.shape)[keep]
+        out = slice(indptr[lo], indptr[lo + len(r)])
+        slots[out] = table[ci, (gx[cj] - gx[ci] + reach) * span + gy[cj] - gy[ci] + reach]
+        values[out] = w[keep]
+    g = sp.csc_matrix((values, slots, indptr), shape=(coarse.nnz, len(rows)))
+    return coarse, g.tocsr()
 
 
-@lru_cache(maxsize=8)
 def _hierarchy(nx: int, ny: int, coarsest: int) -> dict:
-    """Everything about the levels that depends only on the grid shape (scipy, computed once)."""
+    """Everything about the levels that depends only on the grid shape, in scipy (not cached: the
+    device tensors made from it are, and share its large arrays)."""
     fine, stencil = _stencil_pattern(nx, ny)
     levels, a = [], fine
     while nx * ny > coarsest and max(nx, ny) > 1:
