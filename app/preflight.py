@@ -103,11 +103,11 @@ def check_outputs(*, stats_json: Optional[str], record: Optional[str], screensho
         check_offscreen()
 
 
-# The app's own memory, for sim.memory's estimate of a run (measured with a window under Xvfb and
-# headless recordings at 128x64 to 1024x1024; rounded up).
-WINDOW_BYTES = 250_000_000  # imgui, implot, the GL context (Mesa), the view and its textures
+# The app's own memory, for sim.memory's estimate of a run.
+WINDOW_BYTES = 250_000_000  # imgui, implot, the GL context (Mesa), the view: an allowance, not measured
 WINDOW_BYTES_PER_CELL = 48  # the field texture, its upload buffer, a render mode's scalar (display fields: sim's)
-PICTURE_BYTES = 150_000_000  # a headless recording or screenshot: the off-screen context and ffmpeg
+PICTURE_BYTES = 150_000_000  # headless pictures: the off-screen context (measured +84 MB at 128x64; ffmpeg's own
+#                              process comes on top, about as much again)
 FRAME_RECORD_BYTES = 600  # what app.report keeps per frame of a headless run (a FrameStats: 544 bytes measured)
 
 

@@ -27,7 +27,7 @@ from .scene import Shape
 def initial_phi(shapes: Sequence[Shape], nx: int, ny: int) -> np.ndarray:
     """phi at cell centres from the shapes applied in order onto an all-air domain (not yet a distance)."""
     h = 1.0 / ny
-    x, y = np.meshgrid((np.arange(nx) + 0.5) * h, (np.arange(ny) + 0.5) * h, indexing="ij")
+    x, y = np.meshgrid((np.arange(nx) + 0.5) * h, (np.arange(ny) + 0.5) * h, indexing="ij", sparse=True)
     phi = np.full((nx, ny), max_distance(nx, ny))
     for shape in shapes:
         d = shape.sdf(x, y)

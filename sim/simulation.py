@@ -103,10 +103,11 @@ class Simulation:
         self._grid.set_size(nx, ny, self._scene.open_top)
         u = np.zeros((nx + 1, ny))
         v = np.zeros((nx, ny + 1))
-        ux, uy = np.meshgrid(np.arange(nx + 1) * h, (np.arange(ny) + 0.5) * h, indexing="ij")
-        vx, vy = np.meshgrid((np.arange(nx) + 0.5) * h, np.arange(ny + 1) * h, indexing="ij")
-        for shape in self._scene.shapes:
-            if shape.velocity is not None:
+        moving = [shape for shape in self._scene.shapes if shape.velocity is not None]
+        if moving:  # the face positions only where a shape sets a velocity (4 arrays of 8 bytes a cell)
+            ux, uy = np.meshgrid(np.arange(nx + 1) * h, (np.arange(ny) + 0.5) * h, indexing="ij", sparse=True)
+            vx, vy = np.meshgrid((np.arange(nx) + 0.5) * h, np.arange(ny + 1) * h, indexing="ij", sparse=True)
+            for shape in moving:
                 u[shape.sdf(ux, uy) < 0.0] = shape.velocity[0]
                 v[shape.sdf(vx, vy) < 0.0] = shape.velocity[1]
         self.frame = 0
