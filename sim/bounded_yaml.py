@@ -30,7 +30,7 @@ class BoundError(yaml.YAMLError):
 
 
 class BoundedLoader(yaml.SafeLoader):
-    """`yaml.SafeLoader` with the module's bounds; use through `load`."""
+    """`yaml.SafeLoader` with the module's bounds; use through `safe_load`."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
@@ -87,7 +87,7 @@ class BoundedLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def load(text: str) -> Any:
+def safe_load(text: str) -> Any:
     """The single document in `text`, as `yaml.safe_load` reads it, within the module's bounds.
 
     Raises BoundError beyond them, yaml.YAMLError for bad YAML."""

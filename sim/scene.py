@@ -368,7 +368,7 @@ def load_scene(path: Union[str, Path], *, methods: Collection[str]) -> Scene:
     source = str(path)
     text = read_scene_text(path)
     try:
-        data = bounded_yaml.load(text)
+        data = bounded_yaml.safe_load(text)
     except bounded_yaml.BoundError as err:
         raise SceneError(f"{source}: line {err.mark.line + 1}, column {err.mark.column + 1}: {err}") from None
     except yaml.YAMLError as err:

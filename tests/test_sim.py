@@ -191,7 +191,7 @@ def test_every_scene_runs_500_frames_at_1000_to_1(name, grid):
 
 # ---------------------------------------------------------------------- failure
 class _SteepSolver(Solver):
-    """A finite pressure rising by `scale` per column: the projected u is huge, v stays as it was."""
+    """A pressure rising by `scale` per column: the projected u is huge (or NaN), v stays as it was."""
 
     def __init__(self, scale: float) -> None:
         super().__init__("mgpcg")
@@ -206,6 +206,7 @@ class _SteepSolver(Solver):
 @pytest.mark.parametrize("scale, message", [
     (1e30, r"absurd velocity \(\|u\| or \|v\| above 100000 m/s\) from the steep solve"),  # u ~ 1e30: finite
     (1e300, r"non-finite pressure from the steep solve"),  # p = x h / dt overflows float32
+    (float("nan"), r"non-finite pressure from the steep solve"),  # NaN already in the float64 solution
 ])
 def test_a_bad_projection_stops_the_step_and_never_reaches_the_state(scale, message):
     sim = _sim(_dambreak())
@@ -235,26 +236,6 @@ def test_restore_refuses_a_non_finite_or_misshapen_state_and_keeps_its_own():
     after = sim.state()
     for name in before:
         np.testing.assert_array_equal(before[name], after[name])
-
-
-class _BrokenSolver(Solver):
-    def solve(self, system, b, x0=None):
-        x = torch.full_like(b, float("nan"))
-        return SolveResult(x, 3, float("nan"), False, 0.0, "broken")
-
-
-def test_non_finite_pressure_never_reaches_the_state():
-    sim = _sim(_dambreak())
-    sim.step()
-    before = sim.fields()
-    sim.set_solver(_BrokenSolver())
-    with pytest.raises(SimulationError, match=r"^frame 2 .*non-finite pressure from the broken solve"):
-        sim.step()
-    after = sim.fields()
-    for key in before:
-        np.testing.assert_array_equal(before[key], after[key])
-    sim.set_solver(Solver("mgpcg"))
-    assert sim.step().frame == 2
 
 
 # ---------------------------------------------------------------------- the public API
