@@ -49,7 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--screenshot", metavar="OUT.png", help="save the view after the last frame and exit")
     p.add_argument("--render", default="phase", choices=RENDER_MODES, help="what the view shows")
     p.add_argument("--dump-systems", metavar="DIR", help="write each frame's Poisson system as .npz (training data)")
-    p.add_argument("--dump-every", type=_flag(limits.FRAMES.parse), default=1, help="dump every K-th frame")
+    p.add_argument("--dump-fields", metavar="DIR",
+                   help="write the cell-centred phi, u, v, pressure, rho and the time of each frame as .npz")
+    p.add_argument("--dump-every", type=_flag(limits.FRAMES.parse), default=1,
+                   help="with --dump-systems / --dump-fields: every K-th frame only")
     p.add_argument("--quiet", action="store_true", help="headless: print only the summary")
     return p.parse_args(argv)
 
@@ -78,7 +81,7 @@ def _main(argv: list[str] | None, stop: StopRequest) -> int:
     from app.preflight import OutputError, check_outputs, memory_parts, missing_display
     try:
         check_outputs(stats_json=args.stats_json, record=args.record, screenshot=args.screenshot,
-                      dump_dir=args.dump_systems, headless=args.headless)
+                      dump_dir=args.dump_systems, fields_dir=args.dump_fields, headless=args.headless)
     except OutputError as err:
         return _fail(str(err))
     if not args.headless and (no_display := missing_display()):
@@ -119,7 +122,7 @@ def _main(argv: list[str] | None, stop: StopRequest) -> int:
     from app.report import RunReport
     try:
         report = RunReport(sim, stats_json=args.stats_json, dump_dir=args.dump_systems, dump_every=args.dump_every,
-                           quiet=args.quiet)
+                           quiet=args.quiet, fields_dir=args.dump_fields)
     except OutputError as err:
         return _fail(str(err))
     try:

@@ -89,16 +89,23 @@ def check_offscreen() -> None:
 
 
 def check_outputs(*, stats_json: Optional[str], record: Optional[str], screenshot: Optional[str],
-                  dump_dir: Optional[str], headless: bool) -> None:
-    """Every output a run was asked for, checked before it starts; raises OutputError."""
+                  dump_dir: Optional[str], headless: bool, fields_dir: Optional[str] = None) -> None:
+    """Every output a run was asked for, checked before it starts; raises OutputError.
+
+    The dumps (`dump_dir`: --dump-systems, `fields_dir`: --dump-fields) are written by the headless
+    runner only, so asking for one with the window is refused rather than ignored."""
     if stats_json is not None:
         check_file(stats_json, "--stats-json")
     if record is not None:
         check_file(record, "--record", RECORD_SUFFIXES)
     if screenshot is not None:
         check_file(screenshot, "--screenshot", SCREENSHOT_SUFFIXES)
-    if dump_dir is not None:
-        check_directory(dump_dir, "--dump-systems")
+    for flag, path in (("--dump-systems", dump_dir), ("--dump-fields", fields_dir)):
+        if path is None:
+            continue
+        if not headless:
+            raise OutputError(f"{flag}: expected a headless run (add --headless), got a window run")
+        check_directory(path, flag)
     if headless and (record or screenshot):
         check_offscreen()
 

@@ -1,4 +1,4 @@
-"""What a headless run prints and writes: a progress line, per-frame JSON, system dumps, the summary."""
+"""What a headless run prints and writes: a progress line, per-frame JSON, system and field dumps, the summary."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,9 @@ import statistics
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, BinaryIO, Callable
 
+import numpy as np
 import torch
 
 from precond import PoissonSystem
@@ -21,6 +22,21 @@ from .preflight import OutputError
 
 
 FRAME_RECORD_BYTES = 600  # what the report keeps per frame (a FrameStats: measured 544 bytes)
+FIELD_DUMP_NAMES = ("phi", "u", "v", "pressure", "rho")  # Simulation.fields() arrays in a --dump-fields file
+FIELD_DUMP_KEYS = (*FIELD_DUMP_NAMES, "time", "frame", "h", "ratio", "gravity")
+
+
+def _write_whole(final: Path, flag: str, write: Callable[[Path], None]) -> None:
+    """`write` a file under a temporary name, then rename it to `final`: a failed write (a full disk) leaves
+    no partial file and raises OutputError naming `flag`."""
+    partial = final.with_name(f".partial-{final.name}")
+    try:
+        write(partial)
+        os.replace(partial, final)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise OutputError(f"{flag}: cannot write {str(final)!r} ({err.strerror or err}); "
+                          f"the dumps before it are complete") from None
 
 
 class RunReport:
@@ -32,7 +48,8 @@ class RunReport:
     printed in full on the first progress line they occur on, and marked on the later ones."""
 
     def __init__(self, sim: Simulation, stats_json: str | None = None, dump_dir: str | None = None,
-                 dump_every: int = 1, quiet: bool = False, out: IO[str] = sys.stdout) -> None:
+                 dump_every: int = 1, quiet: bool = False, out: IO[str] = sys.stdout,
+                 fields_dir: str | None = None) -> None:
         self.sim, self.quiet, self.out = sim, quiet, out
         self.frames: list[FrameStats] = []
         self.initial_volume = sim.water_volume()
@@ -44,26 +61,36 @@ class RunReport:
         except OSError as err:
             raise OutputError(f"--stats-json: cannot write {stats_json!r} ({err.strerror})") from None
         self.dump_dir = Path(dump_dir) if dump_dir else None
+        self.fields_dir = Path(fields_dir) if fields_dir else None
         self.dump_every = max(1, dump_every)
+        if self.fields_dir:
+            self._dump_fields()  # frame 0: the initial state
 
     def on_system(self, system: PoissonSystem, b: torch.Tensor) -> None:
         """Dump the system of every `dump_every`-th frame, if dumping (the sim's frame is the one just stepped)."""
         frame = self.sim.frame
         if not (self.dump_dir and frame % self.dump_every == 0):
             return
-        final = self.dump_dir / f"frame{frame:05d}.npz"
-        partial = self.dump_dir / f".partial-{final.name}"
-        try:
-            save_system(partial, system, b, frame=frame, nx=self.sim.nx, ny=self.sim.ny, ratio=self.sim.ratio,
-                        scene=self.sim.scene.name)
-            os.replace(partial, final)
-        except OSError as err:
-            partial.unlink(missing_ok=True)
-            raise OutputError(f"--dump-systems: cannot write {str(final)!r} ({err.strerror or err}); "
-                              f"the dumps before it are complete") from None
+        _write_whole(self.dump_dir / f"frame{frame:05d}.npz", "--dump-systems",
+                     lambda path: save_system(path, system, b, frame=frame, nx=self.sim.nx, ny=self.sim.ny,
+                                              ratio=self.sim.ratio, scene=self.sim.scene.name))
+
+    def _dump_fields(self) -> None:
+        """Write the sim's cell-centred fields and time (FIELD_DUMP_KEYS) at its current frame, if a `dump_every`-th."""
+        sim = self.sim
+        if sim.frame % self.dump_every:
+            return
+        fields = sim.fields()
+        arrays = {name: fields[name] for name in FIELD_DUMP_NAMES}
+        _write_whole(self.fields_dir / f"fields{sim.frame:07d}.npz", "--dump-fields",
+                     lambda path: np.savez(path, **arrays, time=np.float64(sim.time), frame=np.int64(sim.frame),
+                                           h=np.float64(1.0 / sim.ny), ratio=np.float64(sim.ratio),
+                                           gravity=np.float64(sim.scene.gravity)))
 
     def on_frame(self, stats: FrameStats) -> None:
         self.frames.append(stats)
+        if self.fields_dir:
+            self._dump_fields()
         if self.json_file:
             self._write_json(json.dumps(asdict(stats)).encode() + b"\n")
         if not self.quiet:

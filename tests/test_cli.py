@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,6 +90,9 @@ def test_bad_scene_names_file_field_and_expectation(tmp_path, capsys):
     ("--dump-systems", "{tmp}/file", ["writable directory", "a file"]),
     ("--dump-systems", "/dev/null", ["writable directory", "a device"]),
     ("--dump-systems", "/proc/dumps", ["writable directory"]),
+    ("--dump-fields", "{tmp}/file", ["writable directory", "a file"]),
+    ("--dump-fields", "/dev/null", ["writable directory", "a device"]),
+    ("--dump-fields", "/proc/fields", ["writable directory"]),
 ])
 def test_unusable_output_is_refused_before_the_run(flag, target, words, tmp_path, capsys, nothing_is_built):
     (tmp_path / "file").write_text("keep me")
@@ -190,3 +194,52 @@ def test_window_without_display_says_so_before_building_anything(monkeypatch, ca
     assert main.main([DAMBREAK]) == 2
     line = _error_line(capsys)
     assert "--headless" in line and "xvfb-run" in line
+
+
+@pytest.mark.parametrize("flag", ["--dump-systems", "--dump-fields"])
+def test_a_dump_without_headless_is_refused_before_the_run(flag, tmp_path, capsys, nothing_is_built):
+    assert main.main([DAMBREAK, flag, str(tmp_path / "out")]) == 2
+    line = _error_line(capsys)
+    assert line == f"error: {flag}: expected a headless run (add --headless), got a window run", line
+    assert not (tmp_path / "out").exists()
+
+
+def test_dump_fields_writes_the_chosen_frames_with_their_fields_and_time(tmp_path, capsys):
+    out, stats = tmp_path / "fields", tmp_path / "stats.jsonl"
+    assert main.main([DAMBREAK, "--headless", "--frames", "5", "--grid", "32x16", "--quiet", "--dump-fields",
+                      str(out), "--dump-every", "2", "--stats-json", str(stats)]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["fields0000000.npz", "fields0000002.npz", "fields0000004.npz"]
+    frames = {f["frame"]: f for f in map(json.loads, stats.read_text().splitlines())}
+    for name in names:
+        with np.load(out / name) as z:
+            assert set(z.files) == {"phi", "u", "v", "pressure", "rho", "time", "frame", "h", "ratio", "gravity"}
+            for key in ("phi", "u", "v", "pressure", "rho"):
+                assert z[key].shape == (32, 16) and np.isfinite(z[key]).all(), key
+            frame, ratio = int(z["frame"]), float(z["ratio"])
+            assert ratio == 1000.0 and float(z["h"]) == 1 / 16 and float(z["gravity"]) == -9.81
+            water = (z["rho"] - 1.0) / (ratio - 1.0)  # rho = w ratio + (1 - w): the cells' water fractions
+            if frame == 0:
+                assert float(z["time"]) == 0.0 and np.abs(z["u"]).max() == 0.0
+                assert water.mean() == pytest.approx(0.2 * 0.6 * 32 / 16 / 2, rel=0.05)  # the 0.4 x 0.6 column
+            else:
+                assert float(z["time"]) == pytest.approx(frames[frame]["time"], rel=1e-12)
+                assert water.mean() == pytest.approx(frames[frame]["volume"], abs=1e-5)
+                assert np.abs(z["v"]).max() > 0.0  # the column is falling
+
+
+def test_dumped_fields_are_the_simulations_own(tmp_path):
+    from app.headless import run_headless
+    from app.report import RunReport
+    from precond import METHODS
+    from sim.scene import load_scene
+    from sim.simulation import Simulation
+    scene = load_scene(DAMBREAK, methods=METHODS).with_overrides(methods=METHODS, grid=(32, 16))
+    sim = Simulation.from_scene(scene)
+    report = RunReport(sim, fields_dir=str(tmp_path), quiet=True)
+    run_headless(sim, 3, on_frame=report.on_frame)
+    fields = sim.fields()
+    with np.load(tmp_path / "fields0000003.npz") as z:
+        for key in ("phi", "u", "v", "pressure", "rho"):
+            np.testing.assert_array_equal(z[key], fields[key], err_msg=key)
+        assert float(z["time"]) == sim.time and int(z["frame"]) == 3
