@@ -17,6 +17,7 @@ with x to the right and y up. Every field but `shapes` is optional; the ranges a
     solver: {method: mgpcg, tol: 1e-6, maxiter: null}   # method: one of the names the caller allows
     time: {frame_dt: 1/60, cfl: 3, max_substeps: 8}
     volume_correction: true         # keep the water volume by a global level-set shift each frame
+    transport: semi_lagrangian      # velocity transport (TRANSPORTS)
 
 Shapes: `phase` is water (default) or air; `velocity` (m/s, optional) sets the initial velocity
 inside the shape. Numbers may be written `1e-6` or `1/60` (YAML 1.1 would read those as text).
@@ -44,6 +45,7 @@ from .limits import Range, brief, cut
 Vec2 = tuple[float, float]
 PHASES = ("water", "air")
 TOPS = ("wall", "open")
+TRANSPORTS = ("semi_lagrangian",)  # velocity transport schemes (sim.simulation)
 _NUMBER_TEXT = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
 _FRACTION_TEXT = re.compile(r"\s*([-+]?(?:\d+\.?\d*|\.\d+))\s*/\s*(\d+\.?\d*|\.\d+)\s*")
 
@@ -149,6 +151,7 @@ class Scene:
     solver: SolverSettings = field(default_factory=SolverSettings)
     time: TimeSettings = field(default_factory=TimeSettings)
     volume_correction: bool = True
+    transport: str = TRANSPORTS[0]
     source: str = "<scene>"
 
     @property
@@ -288,7 +291,7 @@ def _shape(r: _Reader, raw: Any, path: str) -> Shape:
 
 
 _TOP_KEYS = ("name", "description", "grid", "ratio", "gravity", "boundary", "shapes", "solver", "time",
-             "volume_correction")
+             "volume_correction", "transport")
 
 
 def parse_scene(data: Any, source: str, *, methods: Collection[str], default_name: str = "scene") -> Scene:
@@ -326,6 +329,7 @@ def parse_scene(data: Any, source: str, *, methods: Collection[str], default_nam
         solver=solver,
         time=time,
         volume_correction=r.boolean(m.get("volume_correction", True), "volume_correction"),
+        transport=r.choice(m.get("transport", Scene.transport), "transport", TRANSPORTS),
         source=source,
     )
 
