@@ -343,10 +343,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Options:
     p.add_argument("--solver", default="mgpcg", choices=precond.METHODS, help="pressure solver")
     p.add_argument("--out", type=Path, default=Path("validate_out"), help="directory for the table and PNGs")
     a = p.parse_args(argv)
-    for name in ("resolutions", "periods", "hydrostatic_frames"):
-        values = getattr(a, name)
-        if any(v < 1 for v in (values if isinstance(values, list) else [values])):
-            p.error(f"--{name.replace('_', '-')}: expected integers of at least 1, got {values}")
+    for name in ("periods", "hydrostatic_frames"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')}: expected an integer of at least 1, got {getattr(a, name)}")
+    sides = limits.GRID_SIDE
+    if any(3 * r < sides.lo or 6 * r > sides.hi for r in a.resolutions):  # the tank is 6a x 3a cells
+        p.error(f"--resolutions: expected integers from {math.ceil(sides.lo / 3)} to {sides.hi // 6}, "
+                f"got {a.resolutions}")
     return Options(cases=tuple(a.cases), resolutions=tuple(a.resolutions), sloshing_grid=a.sloshing_grid,
                    periods=a.periods, bubbles_grid=a.bubbles_grid, hydrostatic_grid=a.hydrostatic_grid,
                    hydrostatic_frames=a.hydrostatic_frames, transports=tuple(a.transports), solver=a.solver,
