@@ -100,7 +100,7 @@ def _main(argv: list[str] | None, stop: StopRequest) -> int:
             methods=METHODS, grid=args.grid, ratio=args.ratio, solver=args.solver, tol=args.tol)
         nx, ny = scene.grid.nx, scene.grid.ny
         frames = args.frames or HEADLESS_FRAMES
-        memory.check(nx, ny, scene.solver.method, what=f"grid {nx}x{ny}",
+        memory.check(nx, ny, scene.solver.method, what=f"grid {nx}x{ny}", particles=scene.transport == "apic",
                      extra=memory_parts(nx, ny, headless=args.headless, frames=frames,
                                         pictures=bool(args.record or args.screenshot)))
     except (SceneError, memory.MemoryLimitError) as err:

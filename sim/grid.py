@@ -83,19 +83,21 @@ def state_shapes(nx: int, ny: int) -> dict[str, tuple[int, int]]:
 # Where sample (0, 0) of each state array sits, in cell units.
 STATE_OFFSETS = {"phi": (0.5, 0.5), "u": (0.0, 0.5), "v": (0.5, 0.0), "p": (0.5, 0.5)}
 
-_pool: dict[tuple[int, int], list[GridState]] = {}
+_pool: dict[tuple[type, int, int], list[Any]] = {}
 
 
-def acquire(owner: Any, nx: int, ny: int) -> GridState:
-    """A state with room for nx x ny, reused from the pool when one is free; it returns there when `owner` dies."""
+def acquire(owner: Any, nx: int, ny: int, kind: type = GridState) -> Any:
+    """A `kind` (GridState, or another set of fields built from (capx, capy) with a `release` slot, such as
+    sim.apic.Particles) with room for nx x ny, reused from the pool when one is free: compiled kernels
+    stay valid for it. It returns there when `owner` dies."""
     key = (capacity(nx), capacity(ny))
-    free = _pool.setdefault(key, [])
-    state = free.pop() if free else GridState(*key)
+    free = _pool.setdefault((kind, *key), [])
+    state = free.pop() if free else kind(*key)
     state.release = weakref.finalize(owner, free.append, state)
     return state
 
 
-def release(state: GridState) -> None:
+def release(state: Any) -> None:
     """Hand a state back to the pool now (its owner switched to another one)."""
     state.release()
 

@@ -45,7 +45,7 @@ from .limits import Range, brief, cut
 Vec2 = tuple[float, float]
 PHASES = ("water", "air")
 TOPS = ("wall", "open")
-TRANSPORTS = ("semi_lagrangian",)  # velocity transport schemes (sim.simulation)
+TRANSPORTS = ("semi_lagrangian", "apic")  # velocity transport schemes (sim.advect, sim.apic)
 _NUMBER_TEXT = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
 _FRACTION_TEXT = re.compile(r"\s*([-+]?(?:\d+\.?\d*|\.\d+))\s*/\s*(\d+\.?\d*|\.\d+)\s*")
 

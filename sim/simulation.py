@@ -1,10 +1,11 @@
 """The two-phase simulation: state on a MAC grid, one `step()` per frame, the fields the viewer draws.
 
 A frame of `scene.time.frame_dt` is split into substeps by the CFL condition (velocity and
-gravity), at most `max_substeps`. Each substep advects velocity (semi-Lagrangian) and the level
-set (MacCormack), adds gravity, assembles A p = b (sim.projection), solves it with the precond
-solver (warm-started from the last pressure) and projects. After the last substep the level set
-is reinitialised and, if enabled, its volume corrected. Every kernel that reads or writes the
+gravity), at most `max_substeps`. Each substep advects velocity (the scene's `transport`:
+semi-Lagrangian, or APIC with particles, sim.apic) and the level set (MacCormack), adds gravity,
+assembles A p = b (sim.projection), solves it with the precond solver (warm-started from the last
+pressure) and projects. After the last substep the level set is reinitialised and, if enabled, its
+volume corrected; APIC's particles are then culled and reseeded. Every kernel that reads or writes the
 state checks it (sim.checks): a non-finite or absurd value stops the step with SimulationError
 before it reaches the state. A frame whose substep cap forces a CFL number above limits.CFL.hi
 (what the advection tolerates) says so in its stats (`over_cfl`).
@@ -21,7 +22,7 @@ import torch
 import precond
 from precond import PoissonSystem, SolveResult
 
-from . import backend, grid, levelset, limits, memory
+from . import apic, backend, grid, levelset, limits, memory
 from .advect import advect_and_add_gravity
 from .checks import FLAG_NAMES, check
 from .fields import FIELD_NAMES, cell_fields
@@ -62,7 +63,7 @@ class Simulation:
     def __init__(self, scene: Scene, solver: precond.Solver, device: str = "cpu") -> None:
         """Raises memory.MemoryLimitError, before allocating the grid, if it does not fit in free memory."""
         backend.init(device)
-        memory.check(scene.grid.nx, scene.grid.ny, solver.method, process=False)
+        memory.check(scene.grid.nx, scene.grid.ny, solver.method, process=False, particles=scene.transport == "apic")
         self._scene = scene
         self.solver = solver
         self.device = device
@@ -72,6 +73,8 @@ class Simulation:
         self.time = 0.0
         self._torch_device = torch.device(device)
         self._grid = grid.acquire(self, self.nx, self.ny)  # the Taichi fields every kernel works on
+        self._particles: Optional[apic.Particles] = (  # APIC's particles, at the grid's capacity
+            grid.acquire(self, self.nx, self.ny, apic.Particles) if scene.transport == "apic" else None)
         self._volume = 0.0  # water fraction of the domain at the last reinitialisation
         self._target = 0.0  # the volume the correction keeps: the scene's, plus water added since
         self._shift = 0.0  # the correction's shift of phi (domain units), due at the next reinitialisation
@@ -151,6 +154,9 @@ class Simulation:
         self._volume = float(vol) / (self.nx * self.ny)
         self._shift = 0.0
         self._vmax = self._guard(check(self._grid), "in the new state")
+        if self._particles is not None:
+            self._particles.clear()
+            apic.maintain(self._grid, self._particles, self.frame)
         self._x_prev = None
         self._dt_prev = 1.0
 
@@ -177,11 +183,15 @@ class Simulation:
         for name, n in (("nx", nx), ("ny", ny)):
             _check_integer(name, n, limits.GRID_SIDE)
         nx, ny = int(nx), int(ny)
-        memory.check(nx, ny, self.solver.method, process=False, what=f"grid {nx}x{ny}")
+        memory.check(nx, ny, self.solver.method, process=False, what=f"grid {nx}x{ny}",
+                     particles=self._particles is not None)
         old, cells = self.state(), (self.nx, self.ny)
         if not self._grid.fits(nx, ny):
             grid.release(self._grid)
             self._grid = grid.acquire(self, nx, ny)
+            if self._particles is not None:
+                grid.release(self._particles)
+                self._particles = grid.acquire(self, nx, ny, apic.Particles)
         self._grid.set_size(nx, ny, self._scene.open_top)
         self.nx, self.ny = nx, ny
         self.restore(grid.resample_state(old, cells, (nx, ny)))
@@ -208,6 +218,10 @@ class Simulation:
         self._vmax = max(self._vmax, float(push(self._grid, x, y, radius, du, dv)))
 
     # ------------------------------------------------------------------ readout
+    def particle_count(self) -> int:
+        """APIC's particles (0 with the semi-Lagrangian transport)."""
+        return 0 if self._particles is None else self._particles.live()
+
     def water_volume(self) -> float:
         """Water area as a fraction of the domain (smoothed over one cell at the interface)."""
         return self._volume
@@ -241,8 +255,10 @@ class Simulation:
             solves.append(result)
             self.time += dt
             remaining -= dt
-        with clock.phase("advect"):  # the level set's upkeep counts as advection (FrameStats.ms_advect)
+        with clock.phase("advect"):  # the level set's and particles' upkeep counts as advection (FrameStats.ms_advect)
             self._reinitialise()
+            if self._particles is not None:
+                apic.maintain(self._grid, self._particles, self.frame + 1)
         self.frame += 1
         stats = clock.stats(self.frame, self.time, dt, cfl, cfl > limits.CFL.hi, solves, self._volume)
         if on_system is not None:
@@ -256,10 +272,13 @@ class Simulation:
         return remaining / max(1, min(parts, settings.max_substeps - substeps))
 
     def _advect_and_add_gravity(self, dt: float) -> None:
-        """u*, v* (gravity included) and phi_a from the state, which is checked on the way."""
+        """u*, v* (gravity included) and phi_a from the state, which is checked on the way; with APIC the
+        particles' P2G replaces u*, v* where they cover the faces."""
         h = self._h
         self._guard(advect_and_add_gravity(self._grid, dt / h, self._scene.gravity * dt, BAND_CELLS * h),
                     "in the state before the substep")
+        if self._particles is not None:
+            apic.transfer(self._grid, self._particles, dt / h, self._scene.gravity * dt)
 
     def _assemble(self) -> tuple[PoissonSystem, torch.Tensor]:
         packed = torch.empty((4, self.nx, self.ny), dtype=torch.float64, device=self._torch_device)

@@ -62,6 +62,8 @@ def test_defaults_and_number_forms(tmp_path):
     assert scene.solver.tol == 1e-8 and scene.solver.method == "mgpcg" and scene.solver.maxiter is None
     assert scene.time.frame_dt == pytest.approx(1 / 30) and scene.time.cfl == 3.0 and scene.time.max_substeps == 8
     assert scene.gravity == -9.81 and scene.boundary.top == "wall" and scene.volume_correction is True
+    assert scene.transport == "semi_lagrangian"
+    assert load_scene(_write(tmp_path, GOOD + "transport: apic\n")).transport == "apic"
     box, circle = scene.shapes
     assert isinstance(box, Box) and box.phase == "water" and box.velocity is None
     assert isinstance(circle, Circle) and circle.velocity == (0.0, -1.0)
@@ -92,6 +94,8 @@ def test_unknown_field(tmp_path, text, field, expected):
      "expected one of water, air, got 'oil'"),
     ("solver: {method: magic}\n", "solver.method", "expected one of none, jacobi, ic0, mgpcg"),
     ("volume_correction: maybe\n", "volume_correction", "expected true or false, got 'maybe'"),
+    ("transport: flip\n", "transport", "expected one of semi_lagrangian, apic, got 'flip'"),
+    ("transport: [apic]\n", "transport", "expected one of semi_lagrangian, apic, got ['apic']"),
     ("name: 3\n", "name", "expected text of at most 1000 characters, got 3"),
 ])
 def test_wrong_type(tmp_path, text, field, expected):
