@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 import torch
 
+from .compiled import Compiled
 from .system import PoissonSystem
 
 
@@ -50,6 +52,8 @@ class SolveResult:
     primary_iterations: int = 0  # iterations spent by the primary method before a fallback
     note: str = ""
     rhs_projected: float = 0.0  # ||b - P b|| / ||b||: the null-space part of b, removed before solving
+    setup_reused: bool = False  # part of the set-up came from an earlier system (HTP's network output)
+    compiled: bool = False      # the iterations ran as torch.compile'd chunks
 
 
 def check_settings(tol: object, maxiter: object) -> None:
@@ -69,11 +73,53 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _chunk(system: PoissonSystem, precond: Preconditioner, x: torch.Tensor, r: torch.Tensor, p: torch.Tensor,
+           rz: torch.Tensor, atol: torch.Tensor, left: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
+    """k PCG iterations as one static tensor program: no host synchronisation, no value-dependent
+    control flow. `pcg` calls it only while the residual is above tolerance. Once the residual norm
+    reaches `atol` (or is not finite) at a step, or after `left` steps, the later steps of the chunk
+    leave x and r as they are, so the result is that of stopping exactly there (p and rz go on
+    changing, harmlessly: the caller stops). Returns (x, r, p, rz, ||r|| after every step)."""
+    norms: list[torch.Tensor] = []
+    live: torch.Tensor | None = None      # every step so far went on; only later steps of a chunk need it
+    for i in range(k):
+        q = system.matvec(p)
+        alpha = rz / torch.dot(p, q)
+        if live is None:
+            x, r = x + alpha * p, r - alpha * q
+        else:
+            x, r = torch.where(live, x + alpha * p, x), torch.where(live, r - alpha * q, r)
+        norm = torch.linalg.vector_norm(r)
+        norms.append(norm)
+        if i + 1 < k:
+            go = (norm > atol) & (left > i + 1)          # False for a NaN norm too
+            live = go if live is None else live & go
+        z = system.project(precond.apply(r))
+        rz_new = torch.dot(r, z)
+        p = z + (rz_new / rz) * p
+        rz = rz_new
+    return x, r, p, rz, torch.stack(norms)
+
+
+def _chunk_key(system: PoissonSystem, precond: Preconditioner, *rest: object) -> tuple[str, str]:
+    return precond.name, f"{system.nx}x{system.ny} {str(system.dtype).replace('torch.', '')}, {rest[-1]} iterations a chunk"
+
+
+CHUNK_PROGRAM = Compiled(_chunk, "the PCG chunk", _chunk_key)
+
+
 def pcg(system: PoissonSystem, b: torch.Tensor, precond: Preconditioner, tol: float = 1e-6,
-        maxiter: int | None = None, x0: torch.Tensor | None = None) -> SolveResult:
-    """Solve A x = b by PCG; `precond` must be set up for `system` and be symmetric positive definite."""
+        maxiter: int | None = None, x0: torch.Tensor | None = None, chunk: int = 1,
+        compiled: bool = False) -> SolveResult:
+    """Solve A x = b by PCG; `precond` must be set up for `system` and be symmetric positive definite.
+
+    The iterations run in chunks of `chunk` (see `_chunk`), the convergence test between chunks;
+    `compiled` runs each chunk as one torch.compile'd program (see compiled.py). Iterations and
+    answer do not depend on either: a chunk that converges part-way is cut at that iteration."""
     t0 = time.perf_counter()
     check_settings(tol, maxiter)
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
     given = system.check_vector(b, "b")
     x0 = None if x0 is None else system.check_vector(x0, "x0")
     maxiter = int(maxiter) if maxiter is not None else max(500, 20 * max(system.shape))
@@ -88,20 +134,18 @@ def pcg(system: PoissonSystem, b: torch.Tensor, precond: Preconditioner, tol: fl
         p = z.clone()
         rz = torch.dot(r, z)
         history = [float(torch.linalg.vector_norm(r)) / bnorm]
-    while not history[-1] <= tol and it < maxiter:     # a NaN start takes one step, then stops
-        q = system.matvec(p)
-        alpha = rz / torch.dot(p, q)
-        x += alpha * p
-        r -= alpha * q
-        it += 1
-        history.append(float(torch.linalg.vector_norm(r) / bnorm))
-        if history[-1] <= tol or not math.isfinite(history[-1]):
-            break
-        z = system.project(precond.apply(r))
-        rz_new = torch.dot(r, z)
-        beta = rz_new / rz
-        rz = rz_new
-        p.mul_(beta).add_(z)
+        atol = torch.tensor(tol * bnorm, dtype=b.dtype, device=b.device)
+        run = partial(CHUNK_PROGRAM, b.device) if compiled else _chunk
+        stopped = history[-1] <= tol                  # a NaN start takes one step, then stops
+        while not stopped and it < maxiter:
+            left = torch.tensor(maxiter - it, device=b.device)
+            x, r, p, rz, norms = run(system, precond, x, r, p, rz, atol, left, chunk)
+            for value in (norms / bnorm).tolist()[:maxiter - it]:   # the one host synchronisation a chunk
+                it += 1
+                history.append(value)
+                stopped = value <= tol or not math.isfinite(value)
+                if stopped:
+                    break
     x = system.project(x)
     residual, projected_residual, removed = _account(system, given, x)
     converged = bool(history[-1] <= tol and projected_residual <= 2.0 * tol)

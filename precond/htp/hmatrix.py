@@ -97,6 +97,8 @@ class HMatrix:
         self.head = operators.index_select(0, block)                                          # (nc, L, L+2nb)
         self.tail = operators[..., size:].transpose(1, 2).contiguous().index_select(0, block)   # (nc, 2nb, L)
         self.slot = slot
+        for t in (self.head, self.tail):     # the chunk count varies with the system: one compiled program serves all
+            torch._dynamo.maybe_mark_dynamic(t, 0)
         pos = self.part.cell_position().to(slot.device)
         self.cell_slot = slot[pos // size] * size + pos % size
         corr_t = corr.transpose(1, 2)
@@ -106,6 +108,8 @@ class HMatrix:
         self.prolongation = self.space.stacked(q.dtype, q.device)                        # (nl, nb, depth r)
         f = torch.cat(self.coarse_factor) if self.coarse_factor else q.new_zeros(0, r, r)
         self.coarse_inverse = f @ f.transpose(1, 2)
+        self.cluster_ends = self.part.cluster_ends(q.device)
+        self.leaf_clusters = self.part.leaf_clusters(q.device)
 
     @property
     def part(self) -> Partition:
@@ -127,9 +131,9 @@ class HMatrix:
             return torch.zeros_like(y)
         t = (y @ self.prolongation).view(nl, m, depth, -1).transpose(1, 2).cumsum(0)    # (nl, depth, m, r)
         prefix = torch.cat([t.new_zeros(1, depth, m, t.shape[-1]), t]).flatten(0, 1)
-        ends = prefix.index_select(0, self.part.cluster_ends(y.device)).unflatten(0, (2, -1))
+        ends = prefix.index_select(0, self.cluster_ends).unflatten(0, (2, -1))
         c = _rows_times(ends[0] - ends[1], self.coarse_inverse)                         # (clusters, m, r)
-        u = c.index_select(0, self.part.leaf_clusters(y.device)).view(nl, depth, m, -1)
+        u = c.index_select(0, self.leaf_clusters).view(nl, depth, m, -1)
         return u.transpose(1, 2).reshape(nl, m, -1) @ self.prolongation.transpose(1, 2)
 
     def apply(self, v: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,163 @@
+"""The static solve: PCG in chunks without host synchronisation, compiled with fullgraph=True,
+and HTP's set-up reuse across systems."""
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse.linalg as spla
+import torch
+
+from precond import Solver
+from precond.htp import HTP
+from precond.htp.preconditioner import NetworkReuse
+from precond.pcg import pcg
+from precond.solver import make_preconditioner
+from precond.synthetic import dambreak_phi, random_phi, two_phase_system
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _system(nx=32, ny=24, ratio=1000.0, seed=None, width=0.4):
+    phi = dambreak_phi(nx, ny, width=width) if seed is None else random_phi(nx, ny, np.random.default_rng(seed))
+    return two_phase_system(phi, ratio, open_top=True)
+
+
+def _rhs(system, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(system.n, dtype=torch.float64, generator=g)
+
+
+@pytest.mark.parametrize("method", ["jacobi", "ic0", "mgpcg", "htp"])
+@pytest.mark.parametrize("chunk", [3, 8])
+def test_chunks_give_the_iterations_and_answer_of_single_steps(method, chunk):
+    s = _system(seed=1)
+    b = _rhs(s)
+    pc = make_preconditioner(method)
+    pc.setup(s)
+    one = pcg(s, b, pc, chunk=1)
+    many = pcg(s, b, pc, chunk=chunk)
+    assert one.converged and many.converged
+    assert many.iterations == one.iterations
+    assert many.history == pytest.approx(one.history, rel=1e-9)
+    assert torch.allclose(many.x, one.x, rtol=1e-10, atol=1e-12 * float(one.x.abs().max()))
+
+
+def test_a_chunk_stops_exactly_at_maxiter():
+    s = _system()
+    b = _rhs(s)
+    pc = make_preconditioner("jacobi")
+    pc.setup(s)
+    one = pcg(s, b, pc, maxiter=5, chunk=1)
+    many = pcg(s, b, pc, maxiter=5, chunk=4)
+    assert many.iterations == one.iterations == 5 and not many.converged
+    assert torch.allclose(many.x, one.x, rtol=1e-12, atol=0)
+
+
+def test_bad_chunk_is_a_clear_error():
+    s = _system()
+    pc = make_preconditioner("jacobi")
+    pc.setup(s)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="chunk must be an integer >= 1"):
+            pcg(s, _rhs(s), pc, chunk=bad)
+    with pytest.raises(ValueError, match="chunk must be None or an integer >= 1"):
+        Solver("jacobi", chunk=0)
+    with pytest.raises(TypeError, match="compiled must be True or False"):
+        Solver("jacobi", compiled="yes")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["jacobi", "htp"])
+def test_compiled_chunk_has_no_graph_break_and_matches_eager(method):
+    """fullgraph=True: a graph break fails the compile, and the Solver would then warn and run eager;
+    no warning and `compiled` True prove the whole chunk (matvec, preconditioner, updates) is one graph."""
+    s = _system(seed=2)
+    b = _rhs(s)
+    eager = Solver(method, fallback=None, chunk=2).solve(s, b)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*runs eager")
+        compiled = Solver(method, fallback=None, compiled=True, chunk=2).solve(s, b)
+    assert compiled.compiled and not eager.compiled
+    assert compiled.converged and abs(compiled.iterations - eager.iterations) <= 1
+    a = s.to_csr()
+    exact = spla.spsolve(a.tocsc(), b.numpy())
+    assert np.linalg.norm(compiled.x.numpy() - exact) <= 1e-4 * np.linalg.norm(exact)
+    assert compiled.residual <= 2e-6
+
+
+class _HalfJacobi:
+    """A preconditioner no other test compiles (its own name, so its own compiled-or-eager state)."""
+
+    name = "half-jacobi-without-compiler"
+
+    def setup(self, system):
+        self.inv = 0.5 / system.diag.reshape(-1)
+
+    def apply(self, r):
+        return self.inv * r
+
+
+@pytest.mark.slow
+def test_without_a_working_compiler_the_solve_runs_eager_with_one_warning(monkeypatch):
+    import torch._inductor.config as inductor_config
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
+    s = _system()
+    b = _rhs(s)
+    solver = Solver("jacobi", fallback=None, compiled=True, chunk=2, precond=_HalfJacobi())
+    with pytest.warns(UserWarning, match="runs eager, not compiled") as caught:
+        first = solver.solve(s, b)
+        second = solver.solve(s, b)
+    assert len([w for w in caught if "runs eager" in str(w.message)]) == 1
+    assert not first.compiled and not second.compiled
+    reference = Solver("jacobi", fallback=None, chunk=2, precond=_HalfJacobi()).solve(s, b)
+    assert first.converged and first.iterations == reference.iterations
+    assert torch.allclose(first.x, reference.x)
+
+
+def _shifted_pair():
+    """Two consecutive-substep-like systems: the water column one cell wider in the second."""
+    return _system(64, 32, width=0.40), _system(64, 32, width=0.42)
+
+
+def test_htp_reuses_its_network_output_on_the_same_grid_and_still_converges():
+    s0, s1 = _shifted_pair()
+    b = _rhs(s1)
+    htp = HTP()
+    solver = Solver("htp", fallback=None, precond=htp)
+    first = solver.solve(s0, _rhs(s0))
+    second = solver.solve(s1, b)
+    assert not first.setup_reused and second.setup_reused
+    fresh = Solver("htp", fallback=None, precond=HTP(reuse=None)).solve(s1, b)
+    assert second.converged and second.residual <= 2e-6
+    assert second.iterations <= fresh.iterations + 2
+    exact = spla.spsolve(s1.to_csr().tocsc(), b.numpy())
+    assert np.linalg.norm(second.x.numpy() - exact) <= 1e-4 * np.linalg.norm(exact)
+
+
+def test_htp_reruns_its_network_for_a_new_grid_after_max_age_and_when_iterations_grow():
+    htp = HTP(reuse=NetworkReuse(max_age=2))
+    s, other = _system(32, 32), _system(64, 32)
+    ran = []
+    for system in (s, s, s, s, other):
+        htp.setup(system)
+        ran.append(not htp.setup_reused)
+    assert ran == [True, False, False, True, True]     # age 2 reached at the 4th; a new grid at the 5th
+    htp.observe(10)          # first solve after the network ran
+    htp.setup(other)
+    assert htp.setup_reused
+    htp.observe(10 * 2)      # > 1.25 x 10 + 2: reused corrections no longer pay
+    htp.setup(other)
+    assert not htp.setup_reused
+
+
+def test_htp_without_reuse_runs_its_network_every_time():
+    htp = HTP(reuse=None)
+    s = _system()
+    for _ in range(3):
+        htp.setup(s)
+        assert not htp.setup_reused
+    with pytest.raises(TypeError, match="reuse must be None or a NetworkReuse"):
+        HTP(reuse=3)
+    with pytest.raises(ValueError, match="NetworkReuse.max_age must be an integer >= 1"):
+        NetworkReuse(max_age=0)
