@@ -1,8 +1,9 @@
 """Benchmark: PCG iterations and solve time of every solver on the simulator's own systems.
 
     python -m precond.bench [--sizes 1024 4096 8192 16384 65536] [--ratios 1 10 100 1000]
-                            [--methods jacobi ic0 mgpcg ...] [--scene scenes/dambreak.yaml] [--frame 40]
-                            [--repeats 3] [--out bench_out] [--device cpu] [--markdown PATH]
+                            [--methods jacobi ic0 mgpcg ...] [--compiled jacobi htp] [--threads 1]
+                            [--scene scenes/dambreak.yaml] [--frame 40] [--repeats 3] [--out bench_out]
+                            [--device cpu] [--markdown PATH] [--sequence-at 8192 100]
 
 For every N and density ratio it runs the scene headless to `--frame` (through the command
 line, as `precond` never imports the simulator), takes that frame's matrix, and solves it
@@ -12,7 +13,17 @@ take turns, one solve each per round for `--repeats` rounds, and times are the m
 i.e. factorisation or network inference, included): a slow spell of a shared machine falls on
 all of them alike.
 `/jacobi` and `/mgpcg` give each solve time as a fraction of those solvers' on the same system.
-pyamg's smoothed-aggregation AMG is a CPU reference row. Writes `bench.csv` and
+Every method of `--compiled` also runs as "<method> compiled": PCG in torch.compile'd chunks (see
+precond.compiled; its compile happens in the warm-up solve and is not timed); the table of HTP
+against the classical solvers takes the faster of eager and compiled on both sides. HTP runs its
+network for every solve here (no set-up reuse: every system is new to it). Solves run with the
+Solver's thread policy (one intra-op thread on CPU) unless `--threads` says otherwise.
+pyamg's smoothed-aggregation AMG is a CPU reference row.
+
+Set-up reuse: at `--sequence-at N RATIO`, the systems of `--sequence` consecutive frames of the
+scene are solved in order (their own right-hand sides) by HTP with a fresh network pass for every
+system and by HTP keeping its network's output (htp.NetworkReuse, the default in the simulator):
+mean iterations, set-up and total ms per solve. Writes `bench.csv` and
 `convergence.png` (residual against iteration at one N and ratio) to `--out`, and with
 `--markdown PATH` its tables in markdown for the README (iterations, solve times, HTP's time as a
 fraction of jacobi's and mgpcg's, the ablation table below), the machine and the date at the top.
@@ -42,7 +53,8 @@ import numpy as np
 import torch
 
 from .dumps import REPO, dump_scene, load_system
-from .solver import METHODS, PreconditionerUnavailable, Solver
+from .pcg import Preconditioner
+from .solver import CPU_THREADS, METHODS, PreconditionerUnavailable, Solver
 from .system import PoissonSystem
 
 GRIDS = {1024: (32, 32), 4096: (64, 64), 8192: (128, 64), 16384: (128, 128), 65536: (256, 256),
@@ -61,14 +73,26 @@ def random_rhs(system: PoissonSystem, seed: int = 0) -> torch.Tensor:
     return system.project(torch.randn(system.n, dtype=torch.float64, generator=g).to(system.device))
 
 
-def pcg_once(system: PoissonSystem, b: torch.Tensor, method: str, tol: float) -> Callable[[], dict]:
+def fresh_htp(reuse: bool = False) -> "Preconditioner":
+    """The shipped HTP, running its network for every system unless `reuse`."""
+    from .htp import HTP
+    from .htp.preconditioner import NetworkReuse
+    return HTP(reuse=NetworkReuse() if reuse else None)
+
+
+def pcg_once(system: PoissonSystem, b: torch.Tensor, method: str, tol: float, compiled: bool = False,
+             threads: int | None = CPU_THREADS) -> Callable[[], dict]:
     """One timed solve with `method` per call (setup included); raises PreconditionerUnavailable."""
-    solver = Solver(method, tol=tol, fallback=None)
+    solver = Solver(method, tol=tol, fallback=None, compiled=compiled, threads=threads,
+                    precond=fresh_htp() if method == "htp" else None)
 
     def once() -> dict:
         res = solver.solve(system, b)
+        pcg_ms = (res.seconds - res.setup_seconds) * 1e3
         return dict(iterations=res.iterations, converged=res.converged, residual=res.residual,
-                    setup_ms=res.setup_seconds * 1e3, solve_ms=res.seconds * 1e3, history=res.history)
+                    setup_ms=res.setup_seconds * 1e3, solve_ms=res.seconds * 1e3,
+                    ms_per_it=pcg_ms / max(res.iterations, 1), mode="compiled" if res.compiled else "eager",
+                    history=res.history)
     return once
 
 
@@ -99,8 +123,30 @@ def interleaved(runs: dict[str, Callable[[], dict]], repeats: int) -> dict[str, 
     for _ in range(repeats):
         for name, once in runs.items():
             done[name].append(once())
-    return {name: {**rs[-1], "setup_ms": statistics.median(r["setup_ms"] for r in rs),
-                   "solve_ms": statistics.median(r["solve_ms"] for r in rs)} for name, rs in done.items()}
+    return {name: {**rs[-1], **{k: statistics.median(r[k] for r in rs) for k in ("setup_ms", "solve_ms", "ms_per_it")}}
+            for name, rs in done.items()}
+
+
+def sequence(scene: Path, grid: tuple[int, int], ratio: float, first: int, count: int, cache: Path, tol: float,
+             threads: int | None) -> list[dict]:
+    """HTP on `count` consecutive frames' systems from frame `first`: a network pass for every system
+    against the kept network output (NetworkReuse); per variant the mean iterations and ms per solve."""
+    out = cache / f"{scene.stem}_{grid[0]}x{grid[1]}_r{ratio:g}_sequence"
+    dumps = sorted(out.glob("*.npz")) or dump_scene(scene, out, frames=first + count - 1, grid=grid, ratio=ratio)
+    systems = [load_system(d)[:2] for d in dumps[-count:]]
+    rows = []
+    for name, reuse in (("htp, network every system", False), ("htp, network output kept", True)):
+        solver = Solver("htp", tol=tol, fallback=None, threads=threads, precond=fresh_htp(reuse))
+        solver.solve(*systems[0])                               # warm-up on the first system
+        solver = Solver("htp", tol=tol, fallback=None, threads=threads, precond=fresh_htp(reuse))
+        results = [solver.solve(system, b) for system, b in systems]
+        rows.append(dict(variant=name, solves=len(results),
+                         network_runs=sum(not r.setup_reused for r in results),
+                         iterations=statistics.mean(r.iterations for r in results),
+                         setup_ms=statistics.mean(r.setup_seconds for r in results) * 1e3,
+                         solve_ms=statistics.mean(r.seconds for r in results) * 1e3,
+                         converged=all(r.converged for r in results)))
+    return rows
 
 
 def ablation_preconditioners(folder: Path) -> dict:
@@ -143,8 +189,8 @@ def ablation_table(precs: dict, its: dict[str, dict[str, tuple[int, bool]]], tol
     return rows
 
 
-def machine(device: str) -> str:
-    """The CPU model, its core count, torch's version and threads, and a CUDA device if used."""
+def machine(device: str, threads: int | None = CPU_THREADS) -> str:
+    """The CPU model, its core count, torch's version and the solves' threads, and a CUDA device if used."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -152,7 +198,8 @@ def machine(device: str) -> str:
     except OSError:
         pass
     gpu = f", {torch.cuda.get_device_name(torch.device(device))}" if torch.device(device).type == "cuda" else ""
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads){gpu}"
+    threads = torch.get_num_threads() if threads is None else threads
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} (solves on {threads} thread{'s' if threads > 1 else ''}){gpu}"
 
 
 def _table(header: list[str], body: list[list[str]]) -> list[str]:
@@ -160,14 +207,25 @@ def _table(header: list[str], body: list[list[str]]) -> list[str]:
     return [line(header), line(["---"] * len(header)), *map(line, body)]
 
 
+CLASSICAL = ("none", "jacobi", "ic0", "mgpcg")
+
+
+def base_method(variant: str) -> str:
+    """"htp compiled" -> "htp"."""
+    return variant.split()[0]
+
+
 def markdown(rows: list[dict], ablations: list[dict], ablation_its: dict[str, dict[str, tuple[int, bool]]],
-             ratios: list[float], intro: str, device: str) -> str:
+             ratios: list[float], intro: str, device: str, sequence_rows: list[dict], sequence_label: str,
+             threads: int | None = CPU_THREADS) -> str:
     """The benchmark's tables in markdown: one row per N, each cell one value per density ratio."""
     sizes = sorted({r["n"] for r in rows})
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    variants = list(dict.fromkeys(r["method"] for r in rows))
+    eager = [v for v in variants if v == base_method(v)]
     at = {(r["n"], r["ratio"], r["method"]): r for r in rows}
     per_ratio = "ratio " + " / ".join(f"{x:,g}" for x in ratios)
     label = lambda n: f"{n:,} ({GRIDS[n][0]}x{GRIDS[n][1]})"
+    number = lambda v: f"{v:,.0f}" if v >= 100 else f"{v:.1f}" if v >= 1 else f"{v:.3f}"
 
     def per_ratio_cell(value: Callable[..., str], *key) -> str:
         return " / ".join(value(*key, x) for x in ratios)
@@ -176,29 +234,46 @@ def markdown(rows: list[dict], ablations: list[dict], ablation_its: dict[str, di
         r = at.get((n, x, method))
         return "-" if r is None else f"{r['iterations']:,}" + ("" if r["converged"] else "*")
 
-    def ms(n: int, method: str, x: float) -> str:
-        r = at.get((n, x, method))
-        return "-" if r is None else f"{r['solve_ms']:,.0f}" if r["solve_ms"] >= 100 else f"{r['solve_ms']:.1f}"
+    def field(name: str) -> Callable[..., str]:
+        def cell(n: int, method: str, x: float) -> str:
+            r = at.get((n, x, method))
+            return "-" if r is None else number(r[name])
+        return cell
 
-    def htp_over(n: int, ref: str, x: float) -> str:
-        htp, other = at.get((n, x, "htp")), at.get((n, x, ref))
-        return "-" if htp is None or other is None else f"{htp['solve_ms'] / other['solve_ms']:.2f}"
+    def fastest(n: int, x: float, pick: Callable[[str], bool]) -> dict | None:
+        found = [at[(n, x, v)] for v in variants if pick(base_method(v)) and (n, x, v) in at and at[(n, x, v)]["converged"]]
+        return min(found, key=lambda r: r["solve_ms"]) if found else None
+
+    def htp_over_classical(n: int, x: float) -> str:
+        htp, other = fastest(n, x, lambda m: m == "htp"), fastest(n, x, lambda m: m in CLASSICAL)
+        if htp is None or other is None:
+            return "-"
+        return f"{htp['solve_ms'] / other['solve_ms']:.2f} ({other['method']})"
 
     def variant(name: str, n: int, x: float) -> str:
         its, ok = ablation_its[name].get(f"{n}/{x:g}", (None, True))
         return "-" if its is None else f"{its}" + ("" if ok else "*")
 
-    out = [f"Machine: {machine(device)}; {datetime.date.today().isoformat()}.", "", intro, "",
-           f"PCG iterations, {per_ratio} (* = not converged):", "",
-           *_table(["N", *methods], [[label(n), *(per_ratio_cell(iterations, n, m) for m in methods)] for n in sizes]),
+    top = max(ratios)
+    out = [f"Machine: {machine(device, threads)}; {datetime.date.today().isoformat()}.", "", intro, "",
+           f"PCG iterations, {per_ratio} (* = not converged; compiled runs take the same):", "",
+           *_table(["N", *eager], [[label(n), *(per_ratio_cell(iterations, n, m) for m in eager)] for n in sizes]),
            "", f"Solve time in ms, setup included, {per_ratio}:", "",
-           *_table(["N", *methods], [[label(n), *(per_ratio_cell(ms, n, m) for m in methods)] for n in sizes])]
-    refs = [ref for ref in ("jacobi", "mgpcg") if ref in methods]
-    if "htp" in methods and refs:
-        whose = " and ".join(f"{ref}'s" for ref in refs)
-        out += ["", f"HTP's solve time as a fraction of {whose} (setup included), {per_ratio}:", "",
-                *_table(["N", *(f"htp / {ref}" for ref in refs)],
-                        [[label(n), *(per_ratio_cell(htp_over, n, ref) for ref in refs)] for n in sizes])]
+           *_table(["N", *variants], [[label(n), *(per_ratio_cell(field("solve_ms"), n, m) for m in variants)]
+                                      for n in sizes]),
+           "", f"Set-up ms / ms per PCG iteration at ratio {top:,g}:", "",
+           *_table(["N", *variants], [[label(n), *(f"{field('setup_ms')(n, m, top)} / {field('ms_per_it')(n, m, top)}"
+                                                   for m in variants)] for n in sizes])]
+    if any(base_method(v) == "htp" for v in variants) and any(base_method(v) in CLASSICAL for v in variants):
+        out += ["", f"HTP's solve time (the faster of eager and compiled, setup included) as a fraction of the "
+                    f"fastest classical solver's (which one in brackets), {per_ratio}:", "",
+                *_table(["N", "htp / fastest classical"],
+                        [[label(n), " / ".join(htp_over_classical(n, x) for x in ratios)] for n in sizes])]
+    if sequence_rows:
+        out += ["", f"HTP's set-up reuse, {sequence_label}:", "",
+                *_table(["variant", "solves", "network passes", "mean iterations", "mean set-up ms", "mean solve ms"],
+                        [[r["variant"], str(r["solves"]), str(r["network_runs"]), f"{r['iterations']:.1f}",
+                          f"{r['setup_ms']:.1f}", f"{r['solve_ms']:.1f}"] for r in sequence_rows])]
     if ablations:
         out += ["", f"HTP variants, PCG iterations, {per_ratio} (* = not converged; mean over all systems):", "",
                 *_table(["variant", "loss", "highways", *(f"{n:,}" for n in sizes), "mean"],
@@ -230,6 +305,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096, 8192, 16384, 65536], choices=sorted(GRIDS))
     p.add_argument("--ratios", type=float, nargs="+", default=[1, 10, 100, 1000])
     p.add_argument("--methods", nargs="+", default=[m for m in METHODS if m != "none"], choices=METHODS)
+    p.add_argument("--compiled", nargs="*", default=["jacobi", "htp"], choices=METHODS,
+                   help="methods also run as torch.compile'd PCG chunks (none: eager only)")
+    p.add_argument("--threads", type=int, default=CPU_THREADS, help="torch intra-op threads during a solve")
+    p.add_argument("--sequence-at", type=float, nargs=2, default=(8192, 100), metavar=("N", "RATIO"),
+                   help="where to measure HTP's set-up reuse on consecutive frames")
+    p.add_argument("--sequence", type=int, default=20, help="consecutive frames for the reuse table (0: skip)")
     p.add_argument("--no-pyamg", action="store_true", help="skip the pyamg reference row")
     p.add_argument("--scene", type=Path, default=REPO / "scenes" / "dambreak.yaml")
     p.add_argument("--frame", type=int, default=40, help="simulator frame whose system is solved")
@@ -245,11 +326,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--markdown", type=Path, metavar="PATH",
                    help="also write the tables as markdown (README-ready; machine and date at the top)")
     args = p.parse_args(argv)
+    if int(args.sequence_at[0]) not in GRIDS:
+        p.error(f"--sequence-at N must be one of {', '.join(map(str, sorted(GRIDS)))}, got {args.sequence_at[0]:g}")
     args.out.mkdir(parents=True, exist_ok=True)
 
     rows, histories = [], {}
-    header = (f"{'N':>7} {'grid':>9} {'ratio':>6} {'method':>12} {'iters':>6} {'conv':>5} {'setup ms':>9} "
-              f"{'solve ms':>9} {'/jacobi':>8} {'/mgpcg':>8}")
+    header = (f"{'N':>7} {'grid':>9} {'ratio':>6} {'method':>16} {'iters':>6} {'conv':>5} {'setup ms':>9} "
+              f"{'ms/it':>7} {'solve ms':>9} {'/jacobi':>8} {'/mgpcg':>8} {'mode':>8}")
     print(header)
     print("-" * len(header))
     with tempfile.TemporaryDirectory() as tmp:
@@ -262,30 +345,43 @@ def main(argv: list[str] | None = None) -> None:
             for ratio in args.ratios:
                 system = scene_system(args.scene, grid, ratio, args.frame, cache).to(device=args.device)
                 b = random_rhs(system)
-                runs = {method: pcg_once(system, b, method, args.tol) for method in args.methods}
+                runs = {method: pcg_once(system, b, method, args.tol, threads=args.threads) for method in args.methods}
+                runs.update({f"{method} compiled": pcg_once(system, b, method, args.tol, True, args.threads)
+                             for method in args.methods if method in args.compiled})
                 if not args.no_pyamg:
                     runs["pyamg-sa"] = pyamg_once(system, b, args.tol)
                 for method in list(runs):
                     try:
                         runs[method]()                                # warm-up: caches, checkpoint load
                     except PreconditionerUnavailable as err:
-                        print(f"{n:>7} {grid[0]}x{grid[1]:<5} {ratio:>6g} {method:>12}  unavailable: {err}")
+                        print(f"{n:>7} {grid[0]}x{grid[1]:<5} {ratio:>6g} {method:>16}  unavailable: {err}")
                         del runs[method]
                 results = interleaved(runs, args.repeats)
                 for method, r in results.items():
                     # solve time as a fraction of the reference's, measured side by side on this system
                     frac = [r["solve_ms"] / results[ref]["solve_ms"] if ref in results else float("nan")
                             for ref in ("jacobi", "mgpcg")]
-                    print(f"{n:>7} {grid[0]:>4}x{grid[1]:<4} {ratio:>6g} {method:>12} {r['iterations']:>6} "
-                          f"{str(r['converged']):>5} {r['setup_ms']:>9.2f} {r['solve_ms']:>9.2f} "
-                          f"{frac[0]:>8.2f} {frac[1]:>8.2f}", flush=True)
+                    print(f"{n:>7} {grid[0]:>4}x{grid[1]:<4} {ratio:>6g} {method:>16} {r['iterations']:>6} "
+                          f"{str(r['converged']):>5} {r['setup_ms']:>9.2f} {r['ms_per_it']:>7.3f} {r['solve_ms']:>9.2f} "
+                          f"{frac[0]:>8.2f} {frac[1]:>8.2f} {r.get('mode', 'eager'):>8}", flush=True)
                     rows.append(dict(scene=args.scene.stem, n=n, nx=grid[0], ny=grid[1], ratio=ratio, method=method,
                                      **{k: v for k, v in r.items() if k != "history"}))
                 for name, prec in ablations.items():
                     res = Solver("htp", tol=args.tol, fallback=None, precond=prec).solve(system, b)
                     ablation_its[name][f"{n}/{ratio:g}"] = (res.iterations, res.converged)
                 if (n, ratio) == tuple(args.plot_at):
-                    histories = {m: r["history"] for m, r in results.items()}
+                    histories = {m: r["history"] for m, r in results.items() if m == base_method(m)}
+        sequence_rows, sequence_label = [], ""
+        if args.sequence and "htp" in args.methods:
+            n, ratio = int(args.sequence_at[0]), args.sequence_at[1]
+            first = args.frame
+            sequence_label = (f"{args.scene.stem} frames {first} to {first + args.sequence - 1} at N = {n:,} "
+                              f"({GRIDS[n][0]}x{GRIDS[n][1]}), ratio {ratio:g}, each frame's own right-hand side")
+            sequence_rows = sequence(args.scene, GRIDS[n], ratio, first, args.sequence, cache, args.tol, args.threads)
+            print(f"\nHTP set-up reuse, {sequence_label}:")
+            for r in sequence_rows:
+                print(f"  {r['variant']:<28} network passes {r['network_runs']:>3}/{r['solves']}  "
+                      f"iterations {r['iterations']:6.1f}  set-up {r['setup_ms']:6.1f} ms  solve {r['solve_ms']:6.1f} ms")
     with open(args.out / "bench.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -300,7 +396,8 @@ def main(argv: list[str] | None = None) -> None:
                  f"residual {args.tol:g}; after a warm-up solve the solvers take turns, one solve each per round, "
                  f"{args.repeats} round{'s' if args.repeats > 1 else ''}, medians.")
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(markdown(rows, ablation_rows, ablation_its, args.ratios, intro, args.device))
+        args.markdown.write_text(markdown(rows, ablation_rows, ablation_its, args.ratios, intro, args.device,
+                                          sequence_rows, sequence_label, args.threads))
     print(f"wrote {args.out / 'bench.csv'}" + (f" and {args.out / 'convergence.png'}" if histories else "")
           + (f" and {args.out / 'ablations.csv'}" if ablations else "")
           + (f" and {args.markdown}" if args.markdown else ""))

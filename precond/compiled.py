@@ -31,6 +31,10 @@ RECOMPILE_LIMIT = 64   # shapes x solvers one process may compile (dynamo's defa
 
 def _configure() -> None:
     import torch._dynamo.config as dynamo_config
+    # One program per grid shape, dynamic only in the dimensions marked so (HTP's chunk count). With
+    # dynamo's automatic dynamic shapes, the HTP chunk compiled for 32x32 and then 128x64 became one
+    # program symbolic in every size, which returned NaN on 128x64 (torch 2.13, CPU).
+    dynamo_config.automatic_dynamic_shapes = False
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
     dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 4 * RECOMPILE_LIMIT)
 

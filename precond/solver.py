@@ -26,6 +26,11 @@ from .pcg import CHUNK_PROGRAM, Preconditioner, SolveResult, check_settings, pcg
 from .system import PoissonSystem, check_grid
 
 
+# Intra-op threads of a CPU solve. On this project's 2-core machines, with the simulator or any other
+# process busy on the other core, two threads took 68x (jacobi), 190x (mgpcg) and 79x (htp) the time
+# of one at N = 8,192, 1,000:1 (OpenMP threads waiting on each other); on a quiet machine two
+# threads gain little on these small tensors. So a CPU solve runs on one thread unless told otherwise.
+CPU_THREADS = 1
 COMPILED_CHUNK = 4   # iterations per compiled chunk (CPU, N = 8,192): 4 and 8 run alike and far faster than 1; 4 compiles in half the time and wastes fewer steps after convergence
 
 
@@ -65,12 +70,13 @@ class Solver:
     preconditioner may keep across set-ups is its own business (HTP keeps its network's output,
     see htp.NetworkReuse: its `setup_reused` says so), and one with an `observe(iterations)`
     method is told each solve's iterations. `compiled`: run PCG as torch.compile'd chunks of `chunk` iterations (default 4
-    compiled, 1 eager: see pcg and compiled.py).
+    compiled, 1 eager: see pcg and compiled.py). `threads`: torch's intra-op threads during a CPU
+    solve (default CPU_THREADS; None leaves torch's setting alone); restored afterwards.
     """
 
     def __init__(self, method: str = "mgpcg", tol: float = 1e-6, maxiter: int | None = None,
                  fallback: str | None = "mgpcg", precond: Preconditioner | None = None,
-                 compiled: bool = False, chunk: int | None = None) -> None:
+                 compiled: bool = False, chunk: int | None = None, threads: int | None = CPU_THREADS) -> None:
         _check_method(method)
         if fallback is not None:
             _check_method(fallback, " for fallback")
@@ -81,7 +87,9 @@ class Solver:
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
             raise ValueError(f"chunk must be None or an integer >= 1, got {chunk!r}")
         self.method, self.tol, self.maxiter = method, float(tol), maxiter
-        self.compiled, self.chunk = compiled, chunk
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be None or an integer >= 1, got {threads!r}")
+        self.compiled, self.chunk, self.threads = compiled, chunk, threads
         self.fallback = fallback if fallback != method else None
         self._precond: Preconditioner | None = precond
         # why the primary cannot serve: key None for every grid (it cannot be built), else per grid shape
@@ -129,6 +137,16 @@ class Solver:
 
         A singular A (all-Neumann components) is solved on its range: b's null-space part is
         projected out and reported as `rhs_projected` (see pcg)."""
+        if self.threads is None or system.device.type != "cpu":
+            return self._solve(system, b, x0)
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            return self._solve(system, b, x0)
+        finally:
+            torch.set_num_threads(before)
+
+    def _solve(self, system: PoissonSystem, b: torch.Tensor, x0: torch.Tensor | None) -> SolveResult:
         precond = self._primary()
         first: SolveResult | None = None
         if precond is not None and not self._why_unavailable(system.shape):

@@ -56,7 +56,7 @@ def test_bench_writes_the_ablation_table(tmp_path, capsys):
     out = tmp_path / "out"
     bench.main(["--sizes", "1024", "--ratios", "100", "--methods", "jacobi", "htp", "--ablations", str(ablations),
                 "--no-pyamg", "--repeats", "1", "--cache", str(tmp_path / "cache"), "--out", str(out),
-                "--markdown", str(out / "tables.md")])
+                "--markdown", str(out / "tables.md"), "--compiled", "--sequence", "0"])
     rows = {r["variant"]: r for r in csv.DictReader(open(out / "ablations.csv"))}
     assert set(rows) == {"analytic (untrained)", "shipped", "cosine", "sai-no-highways"}
     assert [(rows[v]["loss"], rows[v]["highways"]) for v in ("analytic (untrained)", "cosine", "sai-no-highways")] \
@@ -73,11 +73,24 @@ def test_bench_writes_the_ablation_table(tmp_path, capsys):
     assert md.startswith("Machine: ") and f"torch {torch.__version__}" in md and md.count("Machine: ") == 1
     jacobi = next(r for r in csv.DictReader(open(out / "bench.csv")) if r["method"] == "jacobi")
     assert "| N | jacobi | htp |" in md and f"| 1,024 (32x32) | {jacobi['iterations']} | {htp['iterations']} |" in md
-    assert f"| 1,024 (32x32) | {float(htp['solve_ms']) / float(jacobi['solve_ms']):.2f} |" in md   # htp / jacobi
+    assert f"| 1,024 (32x32) | {float(htp['solve_ms']) / float(jacobi['solve_ms']):.2f} (jacobi) |" in md   # htp / fastest
+    assert "compiled" not in md and "HTP's set-up reuse" not in md     # --compiled with no method, --sequence 0
     assert "| variant | loss | highways | 1,024 | mean |" in md
     assert f"| sai-no-highways | sai | off | {rows['sai-no-highways']['1024/100']} |" in md
-    # --no-ablations: no table
-    bench.main(["--sizes", "1024", "--ratios", "100", "--methods", "htp", "--ablations", str(ablations),
+    # --no-ablations: no table; compiled jacobi and the set-up reuse table on three "consecutive" systems
+    sequence = tmp_path / "cache" / "dambreak_32x32_r100_sequence"
+    sequence.mkdir()
+    for frame, width in zip((40, 41, 42), (0.40, 0.42, 0.44)):
+        s = two_phase_system(dambreak_phi(32, 32, width=width), 100.0, True)
+        save_system(sequence / f"frame_{frame:04d}.npz", s, torch.ones(s.n, dtype=torch.float64))
+    bench.main(["--sizes", "1024", "--ratios", "100", "--methods", "jacobi", "htp", "--ablations", str(ablations),
                 "--no-ablations", "--no-pyamg", "--repeats", "1", "--cache", str(tmp_path / "cache"),
-                "--out", str(tmp_path / "out2")])
+                "--out", str(tmp_path / "out2"), "--compiled", "jacobi", "--sequence", "3", "--sequence-at", "1024", "100",
+                "--markdown", str(tmp_path / "out2" / "tables.md")])
     assert not (tmp_path / "out2" / "ablations.csv").exists()
+    rows = {r["method"]: r for r in csv.DictReader(open(tmp_path / "out2" / "bench.csv"))}
+    assert rows["jacobi compiled"]["mode"] in ("compiled", "eager") and rows["jacobi"]["mode"] == "eager"
+    assert rows["jacobi compiled"]["iterations"] == rows["jacobi"]["iterations"]
+    md = (tmp_path / "out2" / "tables.md").read_text()
+    assert "| N | jacobi | htp | jacobi compiled |" in md
+    assert "| htp, network every system | 3 | 3 |" in md and "| htp, network output kept | 3 | 1 |" in md

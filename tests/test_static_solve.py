@@ -68,21 +68,24 @@ def test_bad_chunk_is_a_clear_error():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["jacobi", "htp"])
-def test_compiled_chunk_has_no_graph_break_and_matches_eager(method):
+@pytest.mark.parametrize("grids", [((32, 24), (48, 40))])
+def test_compiled_chunk_has_no_graph_break_and_matches_eager(method, grids):
     """fullgraph=True: a graph break fails the compile, and the Solver would then warn and run eager;
-    no warning and `compiled` True prove the whole chunk (matvec, preconditioner, updates) is one graph."""
-    s = _system(seed=2)
-    b = _rhs(s)
-    eager = Solver(method, fallback=None, chunk=2).solve(s, b)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*runs eager")
-        compiled = Solver(method, fallback=None, compiled=True, chunk=2).solve(s, b)
-    assert compiled.compiled and not eager.compiled
-    assert compiled.converged and abs(compiled.iterations - eager.iterations) <= 1
-    a = s.to_csr()
-    exact = spla.spsolve(a.tocsc(), b.numpy())
-    assert np.linalg.norm(compiled.x.numpy() - exact) <= 1e-4 * np.linalg.norm(exact)
-    assert compiled.residual <= 2e-6
+    no warning and `compiled` True prove the whole chunk (matvec, preconditioner, updates) is one graph.
+    Two grid shapes in one process: each gets its own program, and both are right."""
+    solver = Solver(method, fallback=None, compiled=True, chunk=2)
+    for seed, (nx, ny) in enumerate(grids):
+        s = two_phase_system(random_phi(nx, ny, np.random.default_rng(seed)), 1000.0, open_top=True)
+        b = _rhs(s)
+        eager = Solver(method, fallback=None, chunk=2).solve(s, b)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*runs eager")
+            compiled = solver.solve(s, b)
+        assert compiled.compiled and not eager.compiled
+        assert compiled.converged and abs(compiled.iterations - eager.iterations) <= 1
+        exact = spla.spsolve(s.to_csr().tocsc(), b.numpy())
+        assert np.linalg.norm(compiled.x.numpy() - exact) <= 1e-4 * np.linalg.norm(exact)
+        assert compiled.residual <= 2e-6
 
 
 class _HalfJacobi:
