@@ -74,7 +74,7 @@ def test_bench_writes_the_ablation_table(tmp_path, capsys):
     jacobi = next(r for r in csv.DictReader(open(out / "bench.csv")) if r["method"] == "jacobi")
     assert "| N | jacobi | htp |" in md and f"| 1,024 (32x32) | {jacobi['iterations']} | {htp['iterations']} |" in md
     assert f"| 1,024 (32x32) | {float(htp['solve_ms']) / float(jacobi['solve_ms']):.2f} (jacobi) |" in md   # htp / fastest
-    assert "compiled" not in md and "HTP's set-up reuse" not in md     # --compiled with no method, --sequence 0
+    assert "htp compiled" not in md and "HTP's set-up reuse" not in md     # --compiled with no method, --sequence 0
     assert "| variant | loss | highways | 1,024 | mean |" in md
     assert f"| sai-no-highways | sai | off | {rows['sai-no-highways']['1024/100']} |" in md
     # --no-ablations: no table; compiled jacobi and the set-up reuse table on three "consecutive" systems
