@@ -162,12 +162,11 @@ class Analytic:
         # leaves with identical stencil data (pure-phase interiors) share one factorisation
         unique, index = distinct_rows(stencil.transpose(0, 1).reshape(part.n_leaves, -1))
         unique = unique.view(-1, len(FIELDS), part.leaf_size).transpose(0, 1)
-        chol = torch.linalg.cholesky(leaf_matrices(unique, part, jitter))
-        eye = torch.eye(part.leaf_size, dtype=torch.float64, device=chol.device).expand_as(chol)
-        factor = torch.linalg.solve_triangular(chol, eye, upper=False).transpose(1, 2)      # L^-T
+        chol = torch.linalg.cholesky(leaf_matrices(unique, part, jitter))                # A_ii = L L^T
         sources = harmonic_sources(unique, part, space.segments)
-        basis = factor @ (factor.transpose(1, 2) @ sources)                             # Q = A_ii^-1 E
-        operators = torch.cat([factor @ factor.transpose(1, 2), basis, factor @ basis], -1)
+        basis = torch.cholesky_solve(sources, chol)                                     # Q = A_ii^-1 E
+        reduced = torch.linalg.solve_triangular(chol.transpose(1, 2), basis, upper=True)   # L^-T Q
+        operators = torch.cat([torch.cholesky_inverse(chol), basis, reduced], -1)
         coupling = basis_coupling(unique, part, basis, sources, index, jitter)
         galerkin = galerkin_factors(space, coupling)
         real = stencil[5]
