@@ -112,7 +112,8 @@ def pyamg_once(system: PoissonSystem, b: torch.Tensor, tol: float) -> Callable[[
         t2 = time.perf_counter()
         rel = np.linalg.norm(bn - a @ x) / np.linalg.norm(bn)
         return dict(iterations=len(hist) - 1, converged=bool(rel <= 2 * tol), residual=float(rel),
-                    setup_ms=(t1 - t0) * 1e3, solve_ms=(t2 - t0) * 1e3, history=[h / hist[0] for h in hist])
+                    setup_ms=(t1 - t0) * 1e3, solve_ms=(t2 - t0) * 1e3, ms_per_it=(t2 - t1) * 1e3 / max(len(hist) - 1, 1),
+                    mode="scipy", history=[h / hist[0] for h in hist])
     return once
 
 
