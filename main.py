@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grid", type=_flag(limits.parse_grid), help="grid NXxNY (overrides the scene)")
     p.add_argument("--ratio", type=_flag(limits.RATIO.parse), help=f"density ratio rho_water/rho_air, {limits.RATIO.span()}")
     p.add_argument("--tol", type=_flag(limits.TOLERANCE.parse), help="PCG relative residual tolerance")
+    p.add_argument("--compiled", action="store_true", default=None,
+                   help="run PCG as torch.compile'd chunks (the first solve of a grid shape compiles, once per machine)")
     p.add_argument("--device", choices=limits.DEVICES, default="cpu", help="where Taichi and torch run")
     p.add_argument("--stats-json", metavar="PATH", help="write one JSON object per frame")
     p.add_argument("--record", metavar="OUT.mp4", help="record the view to an MP4 (or .gif)")
@@ -97,7 +99,7 @@ def _main(argv: list[str] | None, stop: StopRequest) -> int:
     from sim.scene import SceneError, load_scene
     try:
         scene = load_scene(args.scene, methods=METHODS).with_overrides(
-            methods=METHODS, grid=args.grid, ratio=args.ratio, solver=args.solver, tol=args.tol)
+            methods=METHODS, grid=args.grid, ratio=args.ratio, solver=args.solver, tol=args.tol, compiled=args.compiled)
         nx, ny = scene.grid.nx, scene.grid.ny
         frames = args.frames or HEADLESS_FRAMES
         memory.check(nx, ny, scene.solver.method, what=f"grid {nx}x{ny}", particles=scene.transport == "apic",

@@ -156,7 +156,7 @@ class RunReport:
         first = f"; frame 1 ({f[0].ms_total:.0f} ms, compiling) left out" if len(f) > 1 else ""
         lines = [
             f"{len(f)} frames of {self.sim.scene.name} at {self.sim.nx}x{self.sim.ny} (N={self.sim.nx * self.sim.ny}), "
-            f"ratio {self.sim.ratio:g}, solver {'/'.join(solvers)}",
+            f"ratio {self.sim.ratio:g}, solver {'/'.join(solvers)} ({'compiled' if self.sim.solver.compiled else 'eager'})",
             f"ms/frame       median      mean   (sim = advect + assemble + project; inference = "
             f"preconditioner set-up{first})",
         ]

@@ -135,7 +135,8 @@ class ViewerState:
         if sim.ratio != self.ratio:
             sim.set_ratio(self.ratio)
         if sim.solver.method != self.solver or sim.solver.tol != self.tol:
-            sim.set_solver(precond.Solver(self.solver, tol=self.tol, maxiter=sim.scene.solver.maxiter))
+            sim.set_solver(precond.Solver(self.solver, tol=self.tol, maxiter=sim.scene.solver.maxiter,
+                                          compiled=sim.scene.solver.compiled))
         if sim.scene.time.max_substeps != self.max_substeps:
             sim.set_max_substeps(self.max_substeps)
         if self.reset_requested:

@@ -14,7 +14,7 @@ with x to the right and y up. Every field but `shapes` is optional; the ranges a
       - {type: box, min: [x, y], max: [x, y], phase: water}
       - {type: circle, center: [x, y], radius: r, phase: air, velocity: [u, v]}
       - {type: halfplane, point: [x, y], normal: [nx, ny], phase: water}   # fills the side against the normal
-    solver: {method: mgpcg, tol: 1e-6, maxiter: null}   # method: one of the names the caller allows
+    solver: {method: mgpcg, tol: 1e-6, maxiter: null, compiled: false}   # method: one of the names the caller allows
     time: {frame_dt: 1/60, cfl: 3, max_substeps: 8}
     volume_correction: true         # keep the water volume by a global level-set shift each frame
     transport: semi_lagrangian      # velocity transport (TRANSPORTS)
@@ -121,11 +121,13 @@ Shape = Union[Box, Circle, HalfPlane]
 
 @dataclass(frozen=True)
 class SolverSettings:
-    """Pressure solver: a precond method name, PCG relative tolerance, iteration cap (None: the solver's default)."""
+    """Pressure solver: a precond method name, PCG relative tolerance, iteration cap (None: the solver's
+    default), and whether PCG runs as compiled chunks (precond.Solver's `compiled`)."""
 
     method: str = "mgpcg"
     tol: float = 1e-6
     maxiter: Optional[int] = None
+    compiled: bool = False
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,7 @@ class Scene:
 
     def with_overrides(self, *, methods: Collection[str], grid: Optional[tuple[int, int]] = None,
                        ratio: Optional[float] = None, solver: Optional[str] = None, tol: Optional[float] = None,
-                       maxiter: Optional[int] = None) -> "Scene":
+                       maxiter: Optional[int] = None, compiled: Optional[bool] = None) -> "Scene":
         """A copy with command-line overrides applied (None keeps the scene's value); bad values raise SceneError.
 
         `solver` must be one of `methods`, the solver registry's names."""
@@ -183,6 +185,8 @@ class Scene:
             settings = replace(settings, tol=r.number(tol, "--tol", limits.TOLERANCE))
         if maxiter is not None:
             settings = replace(settings, maxiter=r.integer(maxiter, "--maxiter", limits.MAXITER))
+        if compiled is not None:
+            settings = replace(settings, compiled=r.boolean(compiled, "--compiled"))
         return replace(out, solver=settings)
 
 
@@ -305,11 +309,12 @@ def parse_scene(data: Any, source: str, *, methods: Collection[str], default_nam
     grid = Grid(r.integer(g.get("nx", Grid.nx), "grid.nx", limits.GRID_SIDE),
                 r.integer(g.get("ny", Grid.ny), "grid.ny", limits.GRID_SIDE))
     b = r.mapping(m.get("boundary", {}), "boundary", ("top",))
-    s = r.mapping(m.get("solver", {}), "solver", ("method", "tol", "maxiter"))
+    s = r.mapping(m.get("solver", {}), "solver", ("method", "tol", "maxiter", "compiled"))
     maxiter = s.get("maxiter")
     solver = SolverSettings(r.choice(s.get("method", SolverSettings.method), "solver.method", tuple(methods)),
                             r.number(s.get("tol", SolverSettings.tol), "solver.tol", limits.TOLERANCE),
-                            None if maxiter is None else r.integer(maxiter, "solver.maxiter", limits.MAXITER))
+                            None if maxiter is None else r.integer(maxiter, "solver.maxiter", limits.MAXITER),
+                            r.boolean(s.get("compiled", SolverSettings.compiled), "solver.compiled"))
     t = r.mapping(m.get("time", {}), "time", ("frame_dt", "cfl", "max_substeps"))
     time = TimeSettings(r.number(t.get("frame_dt", TimeSettings.frame_dt), "time.frame_dt", limits.FRAME_DT),
                         r.number(t.get("cfl", TimeSettings.cfl), "time.cfl", limits.CFL),

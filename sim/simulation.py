@@ -87,7 +87,8 @@ class Simulation:
     def from_scene(cls, scene: Scene, device: str = "cpu") -> "Simulation":
         """A simulation of `scene` with the solver its `solver` settings name."""
         settings = scene.solver
-        return cls(scene, precond.Solver(settings.method, tol=settings.tol, maxiter=settings.maxiter), device)
+        return cls(scene, precond.Solver(settings.method, tol=settings.tol, maxiter=settings.maxiter,
+                                         compiled=settings.compiled), device)
 
     @property
     def scene(self) -> Scene:

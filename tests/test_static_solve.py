@@ -164,3 +164,16 @@ def test_htp_without_reuse_runs_its_network_every_time():
         HTP(reuse=3)
     with pytest.raises(ValueError, match="NetworkReuse.max_age must be an integer >= 1"):
         NetworkReuse(max_age=0)
+
+
+def test_scene_and_command_line_choose_compiled_solves(tmp_path):
+    import precond
+    from sim.scene import SceneError, load_scene
+    path = tmp_path / "s.yaml"
+    path.write_text("solver: {method: htp, compiled: true}\n")
+    scene = load_scene(path, methods=precond.METHODS)
+    assert scene.solver.compiled and scene.solver.method == "htp"
+    assert not scene.with_overrides(methods=precond.METHODS, compiled=False).solver.compiled
+    path.write_text("solver: {compiled: 'yes'}\n")
+    with pytest.raises(SceneError, match="solver.compiled: expected true or false"):
+        load_scene(path, methods=precond.METHODS)
