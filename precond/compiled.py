@@ -72,7 +72,13 @@ class Compiled:
             print(f"compiling {self.what} of {family} for {shape} (once per shape; cached in {CACHE_DIR})",
                   file=sys.stderr, flush=True)
         try:
-            out = self._program(device)(*args)
+            if device.type == "cuda":
+                # a CUDA graph's outputs live in its memory pool and the next replay overwrites them:
+                # mark the replay, keep copies (a chunk's outputs are the next chunk's inputs)
+                torch.compiler.cudagraph_mark_step_begin()
+                out = torch.utils._pytree.tree_map(torch.clone, self._program(device)(*args))
+            else:
+                out = self._program(device)(*args)
         except Exception as err:    # no compiler, an unsupported operator, a graph break: run eager
             lines = [line.strip() for line in str(err).splitlines() if line.strip()]
             self.eager_reason[family] = f"{type(err).__name__}: {' '.join(lines[:2])}"[:300]

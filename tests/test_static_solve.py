@@ -177,3 +177,18 @@ def test_scene_and_command_line_choose_compiled_solves(tmp_path):
     path.write_text("solver: {compiled: 'yes'}\n")
     with pytest.raises(SceneError, match="solver.compiled: expected true or false"):
         load_scene(path, methods=precond.METHODS)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: the compiled chunk replays as a CUDA graph there")
+@pytest.mark.parametrize("method", ["jacobi", "htp"])
+def test_cuda_graph_chunk_matches_eager_on_the_gpu(method):
+    s = _system(seed=3).to(device="cuda")
+    b = _rhs(s).to("cuda")
+    eager = Solver(method, fallback=None).solve(s, b)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*runs eager")
+        solver = Solver(method, fallback=None, compiled=True)
+        graphed = [solver.solve(s, b) for _ in range(3)]      # capture, then replays
+    for res in graphed:
+        assert res.compiled and res.converged and abs(res.iterations - eager.iterations) <= 1
+        assert torch.allclose(res.x, eager.x, rtol=1e-4, atol=1e-6 * float(eager.x.abs().max()))
