@@ -158,7 +158,7 @@ def ablation_preconditioners(folder: Path) -> dict:
     out = {}
     for name, path in {"shipped": DEFAULT_CHECKPOINT, **{p.stem: p for p in sorted(folder.glob("*.pt"))}}.items():
         try:
-            out[name] = HTP(path)
+            out[name] = HTP(path, reuse=None)      # each system is new: the network runs for every one
         except PreconditionerUnavailable as err:
             print(f"ablation {name}: unavailable: {err}")
     torch.manual_seed(0)
