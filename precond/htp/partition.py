@@ -139,17 +139,6 @@ class Partition:
         south and north edges (where coarse functions stay flat instead of vanishing)."""
         return _cluster_geometry(self)
 
-    def cluster_ends(self, device: torch.device) -> torch.Tensor:
-        """Range ends for segmented sums over leaves, (2 * (n_leaves - 1),): for every inner cluster
-        (depth-major, as cluster_geometry) of depth d spanning leaves [lo, hi), the flat rows
-        hi * depth + d, then lo * depth + d, of a (n_leaves + 1, depth) exclusive prefix sum."""
-        return _cluster_ends(self, torch.device(device))
-
-    def leaf_clusters(self, device: torch.device) -> torch.Tensor:
-        """(n_leaves * depth,) for every leaf and depth d, the index (depth-major, as cluster_geometry)
-        of the depth-d cluster that contains the leaf."""
-        return _leaf_clusters(self, torch.device(device))
-
 
 @lru_cache(maxsize=64)
 def partition(nx: int, ny: int, leaf_size: int = 64) -> Partition:
@@ -229,20 +218,3 @@ def _cluster_geometry(p: Partition) -> torch.Tensor:
                                torch.full((1 << d, 1), float(p.axes[d])),
                                (lo == 0).double(), (hi >= tiles).double()], 1)[:, [0, 1, 2, 3, 4, 6, 5, 7]])
     return torch.cat(rows) if rows else torch.zeros(0, 8, dtype=torch.float64)
-
-
-@shape_cache()
-def _cluster_ends(p: Partition, device: torch.device) -> torch.Tensor:
-    ends = []
-    for d in range(p.depth):
-        per = p.n_leaves >> d
-        lo = torch.arange(1 << d) * per
-        ends.append(torch.stack([(lo + per) * p.depth + d, lo * p.depth + d]))
-    return torch.cat(ends, 1).reshape(-1).to(device) if ends else torch.zeros(0, dtype=torch.long, device=device)
-
-
-@shape_cache()
-def _leaf_clusters(p: Partition, device: torch.device) -> torch.Tensor:
-    d = torch.arange(p.depth)
-    leaf = torch.arange(p.n_leaves)[:, None]
-    return ((1 << d) - 1 + (leaf >> (p.depth - d))).reshape(-1).to(device)
