@@ -28,8 +28,9 @@ from .system import PoissonSystem, check_grid
 
 # Intra-op threads of a CPU solve. On this project's 2-core machines, with the simulator or any other
 # process busy on the other core, two threads took 68x (jacobi), 190x (mgpcg) and 79x (htp) the time
-# of one at N = 8,192, 1,000:1 (OpenMP threads waiting on each other); on a quiet machine two
-# threads gain little on these small tensors. So a CPU solve runs on one thread unless told otherwise.
+# of one at N = 8,192, 1,000:1 (OpenMP threads waiting on each other); on the same machine quiet, two
+# threads made a 128x64 dam-break frame 15-25 % faster (htp and mgpcg alike). One thread is never
+# catastrophic, so it is the default; `Solver(threads=None)` keeps torch's setting for a quiet machine.
 CPU_THREADS = 1
 COMPILED_CHUNK = 4   # iterations per compiled chunk (CPU, N = 8,192): 4 and 8 run alike and far faster than 1; 4 compiles in half the time and wastes fewer steps after convergence
 
