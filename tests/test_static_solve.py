@@ -192,35 +192,3 @@ def test_cuda_graph_chunk_matches_eager_on_the_gpu(method):
     for res in graphed:
         assert res.compiled and res.converged and abs(res.iterations - eager.iterations) <= 1
         assert torch.allclose(res.x, eager.x, rtol=1e-4, atol=1e-6 * float(eager.x.abs().max()))
-
-
-def test_htp_factorises_only_new_leaves_and_gets_the_same_operator():
-    from precond.htp.analytic import Analytic
-    from precond.htp.coarse import coarse_space
-    from precond.htp.partition import partition
-    s0, s1 = _shifted_pair()
-    cfg = HTP().model.cfg
-    space = coarse_space(partition(s1.nx, s1.ny, cfg.leaf_size), cfg.segments, cfg.rank)
-    before = Analytic.build(s0, space)
-    cached, fresh = Analytic.build(s1, space, previous=before.factors), Analytic.build(s1, space)
-    assert fresh.factors.factorised == fresh.factors.rows.shape[0]
-    assert 0 < cached.factors.factorised < fresh.factors.factorised      # some leaves kept, some new
-    assert torch.equal(cached.distinct_index, fresh.distinct_index) and torch.equal(cached.basis, fresh.basis)
-    assert torch.allclose(cached.leaf_operators, fresh.leaf_operators, rtol=0, atol=0)
-    for a, b in zip(cached.galerkin, fresh.galerkin):
-        assert torch.equal(a, b)
-    # and through the preconditioner: a set-up after another on the grid is the fresh one's
-    htp, new = HTP(reuse=None), HTP(reuse=None)
-    htp.setup(s0)
-    htp.setup(s1)
-    new.setup(s1)
-    r = _rhs(s1)
-    want = new.apply(r)
-    assert torch.allclose(htp.apply(r), want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))   # float32 apply
-
-
-def test_find_rows_matches_exactly_equal_rows_only():
-    from precond.htp.analytic import find_rows
-    among = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], dtype=torch.float64)
-    rows = torch.tensor([[3.0, 4.0], [3.0, 4.0 + 1e-12], [5.0, 6.0], [0.0, 0.0]], dtype=torch.float64)
-    assert find_rows(rows, among).tolist() == [1, -1, 2, -1]

@@ -92,70 +92,20 @@ def basis_coupling(stencil: torch.Tensor, part: Partition, basis: torch.Tensor, 
     return torch.stack(blocks, 1)
 
 
-def _row_keys(rows: torch.Tensor) -> torch.Tensor:
-    """One number per row: a fixed random projection, equal for equal rows."""
-    g = torch.Generator().manual_seed(0)
-    weights = torch.rand(rows.shape[1], generator=g, dtype=torch.float64).to(rows.device, rows.dtype)
-    return (rows * weights).sum(1)
-
-
 def distinct_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(distinct rows, index of every row among them), like torch.unique(rows, dim=0, return_inverse=True)
     up to the order of the distinct rows. A fixed random projection of each row is its key, so the
     search is one sort of n numbers (unique(dim=0) compares rows one pair at a time); the result is
     checked exactly and an (unlikely) key collision falls back to unique(dim=0)."""
-    _, index = torch.unique(_row_keys(rows), return_inverse=True)
+    g = torch.Generator().manual_seed(0)
+    weights = torch.rand(rows.shape[1], generator=g, dtype=torch.float64).to(rows.device, rows.dtype)
+    _, index = torch.unique((rows * weights).sum(1), return_inverse=True)
     first = torch.empty(int(index.max()) + 1, dtype=torch.long, device=rows.device)
     first.scatter_(0, index, torch.arange(rows.shape[0], device=rows.device))
     distinct = rows[first]
     if not torch.equal(distinct[index], rows):
         return torch.unique(rows, dim=0, return_inverse=True)
     return distinct, index
-
-
-def find_rows(rows: torch.Tensor, among: torch.Tensor) -> torch.Tensor:
-    """For every row of `rows`, the index of an exactly equal row of `among`, or -1."""
-    keys, known = _row_keys(rows), _row_keys(among)
-    sorted_known, order = torch.sort(known)
-    pos = torch.searchsorted(sorted_known, keys).clamp_max(max(among.shape[0] - 1, 0))
-    cand = order[pos]
-    equal = (among[cand] == rows).all(1)
-    return torch.where(equal, cand, torch.full_like(cand, -1))
-
-
-@dataclass(frozen=True)
-class LeafFactors:
-    """Every distinct leaf's factorisation in float64: its stencil row (6 L numbers, FIELDS), the
-    harmonic basis Q and [A_ii^-1 | Q | L^-T Q]. Consecutive substeps change a few leaves (a 128x64
-    dam break at 100:1: about 11 of 128, and 12 of its 22 distinct leaves were also distinct leaves of
-    the substep before), so a set-up given the previous one's factors factorises only the leaves it
-    has not seen; the factors of an exactly equal leaf are exactly the same."""
-
-    rows: torch.Tensor         # (u, 6 L)
-    basis: torch.Tensor        # (u, L, nb)
-    operators: torch.Tensor    # (u, L, L + 2 nb)
-    factorised: int            # how many of the u were factorised here (the others came from `previous`)
-
-    @classmethod
-    def build(cls, rows: torch.Tensor, part: Partition, segments: int, jitter: float,
-              previous: "LeafFactors | None" = None) -> "LeafFactors":
-        """Factors of the distinct leaves `rows` (float64), taken from `previous` where a row is there."""
-        found = find_rows(rows, previous.rows) if previous is not None and previous.rows.shape[1] == rows.shape[1] \
-            else torch.full((rows.shape[0],), -1, dtype=torch.long, device=rows.device)
-        new = found < 0
-        fresh = rows[new].view(-1, len(FIELDS), part.leaf_size).transpose(0, 1)
-        chol = torch.linalg.cholesky(leaf_matrices(fresh, part, jitter))                 # A_ii = L L^T
-        basis = torch.cholesky_solve(harmonic_sources(fresh, part, segments), chol)      # Q = A_ii^-1 E
-        reduced = torch.linalg.solve_triangular(chol.transpose(1, 2), basis, upper=True)   # L^-T Q
-        operators = torch.cat([torch.cholesky_inverse(chol), basis, reduced], -1)
-        if bool(new.all()):
-            return cls(rows, basis, operators, rows.shape[0])
-        kept = found[~new]
-        all_basis = previous.basis.new_empty((rows.shape[0], *basis.shape[1:]))
-        all_operators = previous.operators.new_empty((rows.shape[0], *operators.shape[1:]))
-        all_basis[new], all_basis[~new] = basis, previous.basis[kept]
-        all_operators[new], all_operators[~new] = operators, previous.operators[kept]
-        return cls(rows, all_basis, all_operators, int(new.sum()))
 
 
 def galerkin_factors(space: CoarseSpace, coupling: torch.Tensor, jitter: float = 1e-3) -> list[torch.Tensor]:
@@ -203,24 +153,24 @@ class Analytic:
     basis: torch.Tensor             # (nl, L, nb) harmonic basis Q_i
     scale: torch.Tensor             # (nl,) mean(diag)^-1/2 over the leaf's real cells
     galerkin: list[torch.Tensor]    # per depth (2^d, r, r): R_c, see galerkin_factors
-    factors: LeafFactors            # the distinct leaves' float64 factors, for the next set-up on this grid
 
     @classmethod
     def build(cls, system: PoissonSystem, space: CoarseSpace, dtype: torch.dtype = torch.float32,
-              jitter: float = 1e-6, previous: LeafFactors | None = None) -> "Analytic":
-        """The analytic part for `system`; `previous` (an earlier set-up's `factors` on this grid)
-        saves the factorisation of every leaf that has not changed."""
+              jitter: float = 1e-6) -> "Analytic":
         part = space.part
         stencil = leaf_stencil(system.to(dtype=torch.float64), part)
         # leaves with identical stencil data (pure-phase interiors) share one factorisation
-        rows, index = distinct_rows(stencil.transpose(0, 1).reshape(part.n_leaves, -1))
-        factors = LeafFactors.build(rows, part, space.segments, jitter, previous)
-        unique = rows.view(-1, len(FIELDS), part.leaf_size).transpose(0, 1)
+        unique, index = distinct_rows(stencil.transpose(0, 1).reshape(part.n_leaves, -1))
+        unique = unique.view(-1, len(FIELDS), part.leaf_size).transpose(0, 1)
+        chol = torch.linalg.cholesky(leaf_matrices(unique, part, jitter))                # A_ii = L L^T
         sources = harmonic_sources(unique, part, space.segments)
-        coupling = basis_coupling(unique, part, factors.basis, sources, index, jitter)
+        basis = torch.cholesky_solve(sources, chol)                                     # Q = A_ii^-1 E
+        reduced = torch.linalg.solve_triangular(chol.transpose(1, 2), basis, upper=True)   # L^-T Q
+        operators = torch.cat([torch.cholesky_inverse(chol), basis, reduced], -1)
+        coupling = basis_coupling(unique, part, basis, sources, index, jitter)
         galerkin = galerkin_factors(space, coupling)
         real = stencil[5]
         mean_d = (stencil[0] * real).sum(1) / real.sum(1).clamp_min(1)
         scale = torch.where(mean_d > 0, mean_d, torch.ones_like(mean_d)).rsqrt()
-        return cls(stencil.to(dtype), factors.operators.to(dtype), index, factors.basis.to(dtype)[index],
-                   scale.to(dtype), [g.to(dtype) for g in galerkin], factors)
+        return cls(stencil.to(dtype), operators.to(dtype), index, basis.to(dtype)[index],
+                   scale.to(dtype), [g.to(dtype) for g in galerkin])

@@ -14,9 +14,7 @@ iterations instead of 20 (mgpcg kept whole: about 150 instead of 8). The network
 not: kept for 1 substep they change the mean iterations by 0.0, for 5 by +0.4, for 10 by +0.6
 (of 19.9). So `setup` always rebuilds the analytic part and reruns the network only for a new grid
 shape, every `max_age` set-ups, or when a solve (reported through `observe`) took more than
-`growth` times the iterations of the first solve after the network last ran. The analytic part
-itself factorises only the leaves the previous set-up on the grid did not have (analytic.LeafFactors):
-an unchanged leaf's factors are exact, so this is no approximation.
+`growth` times the iterations of the first solve after the network last ran.
 """
 from __future__ import annotations
 
@@ -29,7 +27,7 @@ import torch
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import check_fields, is_int, is_positive
 from ..system import PoissonSystem
-from .analytic import Analytic, LeafFactors
+from .analytic import Analytic
 from .coarse import coarse_space
 from .hmatrix import HMatrix
 from .model import HTPConfig, HTPModel
@@ -77,7 +75,6 @@ class HTP:
         self._age = 0                # set-ups since the network last ran
         self._first: int | None = None   # iterations of the first solve after it ran
         self._rerun = False
-        self._leaves: tuple[tuple[int, int], LeafFactors] | None = None   # the last set-up's leaf factors
 
     @classmethod
     def from_model(cls, model: HTPModel, record: dict | None = None, reuse: NetworkReuse | None = None) -> "HTP":
@@ -94,23 +91,22 @@ class HTP:
         """M for `system` on the network's device and in its dtype, differentiable in the weights."""
         return self._build(system)[0]
 
-    def _build(self, system: PoissonSystem, corrections: tuple[torch.Tensor, torch.Tensor] | None = None,
-               leaves: LeafFactors | None = None) -> tuple[HMatrix, tuple[torch.Tensor, torch.Tensor], LeafFactors]:
-        """(M, the network's corrections, the leaf factors); given `corrections` (the network's output
-        for an earlier system on this grid) the network does not run, given `leaves` (an earlier
-        set-up's leaf factors on this grid) only new leaves are factorised."""
+    def _build(self, system: PoissonSystem, corrections: tuple[torch.Tensor, torch.Tensor] | None = None
+               ) -> tuple[HMatrix, tuple[torch.Tensor, torch.Tensor]]:
+        """(M, the network's corrections); given `corrections` (the network's output for an earlier
+        system on this grid), the network does not run."""
         cfg = self.model.cfg
         weight = self.model.embed.weight
         system = system.to(device=weight.device)     # the analytic part reads it in float64
         space = coarse_space(partition(system.nx, system.ny, cfg.leaf_size), cfg.segments, cfg.rank)
-        an = Analytic.build(system, space, weight.dtype, previous=leaves)
+        an = Analytic.build(system, space, weight.dtype)
         leaf_corr, cluster_corr = corrections if corrections is not None else self.model(space.part, an.stencil)
         eye = torch.eye(cfg.rank, dtype=cluster_corr.dtype, device=cluster_corr.device)
         t = (eye + cluster_corr).split([r.shape[0] for r in an.galerkin])
         factors = [cfg.level_weight ** 0.5 * r @ tc for r, tc in zip(an.galerkin, t)]
         hm = HMatrix(space, an.leaf_operators, an.distinct_index, an.basis, an.scale[:, None, None] * leaf_corr,
                      factors, cfg.eps / float(system.diag.max()))
-        return hm, (leaf_corr, cluster_corr), an.factors
+        return hm, (leaf_corr, cluster_corr)
 
     def setup(self, system: PoissonSystem) -> None:
         if self.model.embed.weight.device != system.device:
@@ -118,11 +114,8 @@ class HTP:
         kept = self._corrections
         reuse = (self.reuse is not None and kept is not None and kept[0] == system.shape and not self._rerun
                  and self._age < self.reuse.max_age and kept[1].device == system.device)
-        leaves = self._leaves[1] if self._leaves is not None and self._leaves[0] == system.shape \
-            and self._leaves[1].rows.device == system.device else None
         with torch.inference_mode():              # no autograd bookkeeping in a solve
-            self.hm, corrections, factors = self._build(system, kept[1:] if reuse else None, leaves)
-        self._leaves = (system.shape, factors)
+            self.hm, corrections = self._build(system, kept[1:] if reuse else None)
         self.setup_reused = reuse
         if reuse:
             self._age += 1
