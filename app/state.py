@@ -102,6 +102,7 @@ class ViewerState:
     step_requested: bool = False
     reset_requested: bool = False
     error: str = ""  # why the simulation stopped, or what could not be done; shown in red
+    compiling: str = ""  # the next step compiles a solve for a new grid shape: said on screen first
     history: StatsHistory = field(default_factory=StatsHistory)
 
     @classmethod
@@ -163,13 +164,19 @@ class ViewerState:
         """Step once if running or a single step was asked for; a SimulationError pauses and lands in `error`."""
         if not (self.running or self.step_requested):
             return None
+        if not self.compiling:
+            self.compiling = sim.solver.compile_pending(sim.nx, sim.ny)
+            if self.compiling:
+                return None             # one frame that shows the notice; the next one compiles
         self.step_requested = False
         try:
             stats = sim.step()
         except SimulationError as err:
+            self.compiling = ""
             self.running = False
             self.error = str(err)
             return None
+        self.compiling = ""
         self.history.record(self.solver, stats)
         return stats
 

@@ -30,6 +30,7 @@ WINDOW_SIZE = (1440, 900)
 PANEL_WIDTH = 420
 PLOT_HEIGHT = 220  # at least; the plots take what the view leaves
 RED = imgui.ImVec4(0.95, 0.25, 0.20, 1.0)
+YELLOW = imgui.ImVec4(0.95, 0.80, 0.20, 1.0)
 GREEN = imgui.ImVec4(0.35, 0.85, 0.40, 1.0)
 
 
@@ -227,6 +228,8 @@ class Viewer:
             imgui.text_colored(RED, f"REC {self.recorder.path.name}: {self.recorder.frames} frames")
         elif self.notice:
             imgui.text_wrapped(self.notice)
+        if state.compiling:
+            imgui.text_colored(YELLOW, state.compiling)
         if state.error:
             imgui.push_style_color(imgui.Col_.text, RED)
             imgui.text_wrapped(state.error)

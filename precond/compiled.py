@@ -51,6 +51,10 @@ class Compiled:
         self.eager_reason: dict[str, str] = {}    # family -> why it runs eager
         self._seen: set[tuple[str, str]] = set()
 
+    def cold(self, key: tuple[str, str]) -> bool:
+        """Whether a call for `key` (family, shape) would compile first (not eager, not compiled yet here)."""
+        return key[0] not in self.eager_reason and key not in self._seen
+
     def is_compiled(self, family: str) -> bool:
         """False once compiling `family` has failed and its calls run eagerly."""
         return family not in self.eager_reason

@@ -101,11 +101,13 @@ def _chunk(system: PoissonSystem, precond: Preconditioner, x: torch.Tensor, r: t
     return x, r, p, rz, torch.stack(norms)
 
 
-def _chunk_key(system: PoissonSystem, precond: Preconditioner, *rest: object) -> tuple[str, str]:
-    return precond.name, f"{system.nx}x{system.ny} {str(system.dtype).replace('torch.', '')}, {rest[-1]} iterations a chunk"
+def chunk_key(method: str, nx: int, ny: int, k: int) -> tuple[str, str]:
+    """What one compiled PCG chunk program is for: (preconditioner name, grid and chunk length)."""
+    return method, f"{nx}x{ny}, {k} iterations a chunk"
 
 
-CHUNK_PROGRAM = Compiled(_chunk, "the PCG chunk", _chunk_key)
+CHUNK_PROGRAM = Compiled(_chunk, "the PCG chunk",
+                         lambda system, precond, *rest: chunk_key(precond.name, system.nx, system.ny, rest[-1]))
 
 
 def pcg(system: PoissonSystem, b: torch.Tensor, precond: Preconditioner, tol: float = 1e-6,

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .pcg import CHUNK_PROGRAM, Preconditioner, SolveResult, check_settings, pcg
+from .pcg import CHUNK_PROGRAM, Preconditioner, SolveResult, check_settings, chunk_key, pcg
 from .system import PoissonSystem, check_grid
 
 
@@ -132,6 +132,13 @@ class Solver:
         res.setup_reused = bool(getattr(precond, "setup_reused", False))
         res.compiled = self.compiled and CHUNK_PROGRAM.is_compiled(precond.name)
         return res
+
+    def compile_pending(self, nx: int, ny: int) -> str:
+        """A line saying the next solve on an nx x ny grid will compile first (and stall for it), or ""."""
+        if not self.compiled or not CHUNK_PROGRAM.cold(chunk_key(self.method, nx, ny, self.chunk)):
+            return ""
+        return (f"compiling the {self.method} solve for {nx}x{ny} (once per grid shape: about a second from "
+                f"the disk cache, up to a minute the first time on this machine)")
 
     def solve(self, system: PoissonSystem, b: torch.Tensor, x0: torch.Tensor | None = None) -> SolveResult:
         """Solve A x = b; falls back (and says so) when the primary method is unavailable or fails.

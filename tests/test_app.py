@@ -127,6 +127,19 @@ def test_state_pause_step_reset(sim):
     assert state.history.tick == 1 and len(state.history.traces[state.solver]) == 1
 
 
+@pytest.mark.slow
+def test_state_says_a_compile_is_coming_before_the_step_that_compiles(sim):
+    state = ViewerState.from_simulation(sim)
+    sim.set_solver(precond.Solver("jacobi", compiled=True, chunk=3))
+    frame = sim.frame
+    assert state.advance(sim) is None and sim.frame == frame           # this frame only draws the notice
+    assert state.compiling.startswith(f"compiling the jacobi solve for {sim.nx}x{sim.ny}")
+    stats = state.advance(sim)                                          # this one compiles and steps
+    assert stats is not None and sim.frame == frame + 1 and state.compiling == ""
+    assert state.advance(sim) is not None and state.compiling == ""    # compiled: no notice again
+    sim.set_solver(precond.Solver(sim.scene.solver.method))
+
+
 def test_state_changes_mid_run_keep_simulation_valid(sim):
     state = ViewerState.from_simulation(sim)
     for _ in range(2):

@@ -101,14 +101,13 @@ class _HalfJacobi:
 
 
 @pytest.mark.slow
-def test_without_a_working_compiler_the_solve_runs_eager_with_one_warning(monkeypatch):
+def test_without_a_working_compiler_the_solve_runs_eager_with_one_warning():
     import torch._inductor.config as inductor_config
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
-    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
     s = _system()
     b = _rhs(s)
     solver = Solver("jacobi", fallback=None, compiled=True, chunk=2, precond=_HalfJacobi())
-    with pytest.warns(UserWarning, match="runs eager, not compiled") as caught:
+    with inductor_config.patch({"cpp.cxx": ("/nonexistent/c++",), "fx_graph_cache": False}), \
+            pytest.warns(UserWarning, match="runs eager, not compiled") as caught:
         first = solver.solve(s, b)
         second = solver.solve(s, b)
     assert len([w for w in caught if "runs eager" in str(w.message)]) == 1
@@ -192,3 +191,13 @@ def test_cuda_graph_chunk_matches_eager_on_the_gpu(method):
     for res in graphed:
         assert res.compiled and res.converged and abs(res.iterations - eager.iterations) <= 1
         assert torch.allclose(res.x, eager.x, rtol=1e-4, atol=1e-6 * float(eager.x.abs().max()))
+
+
+def test_solver_says_when_its_next_solve_compiles():
+    s = _system(24, 24)
+    solver = Solver("jacobi", fallback=None, compiled=True, chunk=3)
+    assert "compiling the jacobi solve for 24x24" in solver.compile_pending(24, 24)
+    solver.solve(s, _rhs(s))
+    assert solver.compile_pending(24, 24) == ""                    # compiled now
+    assert solver.compile_pending(40, 24) != ""                    # another grid shape compiles again
+    assert Solver("jacobi").compile_pending(24, 24) == ""          # eager: nothing to compile
