@@ -124,7 +124,8 @@ def interleaved(runs: dict[str, Callable[[], dict]], repeats: int) -> dict[str, 
     for _ in range(repeats):
         for name, once in runs.items():
             done[name].append(once())
-    return {name: {**rs[-1], **{k: statistics.median(r[k] for r in rs) for k in ("setup_ms", "solve_ms", "ms_per_it")}}
+    timed = ("setup_ms", "solve_ms", "ms_per_it")
+    return {name: {**rs[-1], **{k: statistics.median(r[k] for r in rs) for k in timed if k in rs[-1]}}
             for name, rs in done.items()}
 
 

@@ -146,7 +146,7 @@ def test_headless_run_reports_each_frame_and_a_summary(tmp_path):
 @pytest.mark.slow
 def test_bench_writes_table_and_plot(tmp_path):
     run = subprocess.run([sys.executable, "-m", "precond.bench", "--sizes", "1024", "--ratios", "1000",
-                          "--methods", "jacobi", "mgpcg", "--repeats", "1", "--frame", "3",
+                          "--methods", "jacobi", "mgpcg", "--compiled", "--repeats", "1", "--frame", "3",
                           "--plot-at", "1024", "1000", "--out", str(tmp_path)],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
