@@ -27,7 +27,11 @@ from .system import PoissonSystem
 
 
 class Preconditioner(Protocol):
-    """Build once per system with `setup`, then `apply` to many residuals: z ~= A^-1 r."""
+    """Build once per system with `setup`, then `apply` to many residuals: z ~= A^-1 r.
+
+    `apply` must be a static tensor program (no `.item()`, no value-dependent control flow) for
+    `pcg(..., compiled=True)` to compile it. Optional: `observe(iterations)`, told each solve's
+    iterations by Solver, and `setup_reused`, True when the last setup kept part of an earlier one."""
 
     name: str
 

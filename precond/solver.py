@@ -32,7 +32,9 @@ from .system import PoissonSystem, check_grid
 # threads made a 128x64 dam-break frame 15-25 % faster (htp and mgpcg alike). One thread is never
 # catastrophic, so it is the default; `Solver(threads=None)` keeps torch's setting for a quiet machine.
 CPU_THREADS = 1
-COMPILED_CHUNK = 4   # iterations per compiled chunk (CPU, N = 8,192): 4 and 8 run alike and far faster than 1; 4 compiles in half the time and wastes fewer steps after convergence
+# Iterations per compiled chunk (CPU, N = 8,192): 4 and 8 ran alike and far faster than 1; 4 compiles
+# in half the time of 8 and wastes fewer steps after convergence.
+COMPILED_CHUNK = 4
 
 
 class PreconditionerUnavailable(RuntimeError):
@@ -70,9 +72,10 @@ class Solver:
     (e.g. `Solver("htp", precond=HTP("my_htp.pt"))`). Every system gets a set-up; what a
     preconditioner may keep across set-ups is its own business (HTP keeps its network's output,
     see htp.NetworkReuse: its `setup_reused` says so), and one with an `observe(iterations)`
-    method is told each solve's iterations. `compiled`: run PCG as torch.compile'd chunks of `chunk` iterations (default 4
-    compiled, 1 eager: see pcg and compiled.py). `threads`: torch's intra-op threads during a CPU
-    solve (default CPU_THREADS; None leaves torch's setting alone); restored afterwards.
+    method is told each solve's iterations. `compiled`: run PCG as torch.compile'd chunks of
+    `chunk` iterations (default 4 compiled, 1 eager: see pcg and compiled.py). `threads`: torch's
+    intra-op threads during a CPU solve (default CPU_THREADS; None leaves torch's setting alone),
+    restored afterwards.
     """
 
     def __init__(self, method: str = "mgpcg", tol: float = 1e-6, maxiter: int | None = None,
@@ -87,9 +90,9 @@ class Solver:
         chunk = (COMPILED_CHUNK if compiled else 1) if chunk is None else chunk
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
             raise ValueError(f"chunk must be None or an integer >= 1, got {chunk!r}")
-        self.method, self.tol, self.maxiter = method, float(tol), maxiter
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be None or an integer >= 1, got {threads!r}")
+        self.method, self.tol, self.maxiter = method, float(tol), maxiter
         self.compiled, self.chunk, self.threads = compiled, chunk, threads
         self.fallback = fallback if fallback != method else None
         self._precond: Preconditioner | None = precond

@@ -201,3 +201,21 @@ def test_solver_says_when_its_next_solve_compiles():
     assert solver.compile_pending(24, 24) == ""                    # compiled now
     assert solver.compile_pending(40, 24) != ""                    # another grid shape compiles again
     assert Solver("jacobi").compile_pending(24, 24) == ""          # eager: nothing to compile
+
+
+def test_solver_threads_are_set_for_the_solve_and_restored():
+    s = _system()
+    before = torch.get_num_threads()
+    seen = []
+
+    class Spy(_HalfJacobi):
+        name = "thread-spy"
+
+        def setup(self, system):
+            seen.append(torch.get_num_threads())
+            super().setup(system)
+
+    Solver("jacobi", fallback=None, precond=Spy()).solve(s, _rhs(s))
+    assert seen == [1] and torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads must be None or an integer >= 1"):
+        Solver("jacobi", threads=0)
