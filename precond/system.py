@@ -231,6 +231,7 @@ class PoissonSystem:
         cell_label = remap[labels_t]
         counts = torch.zeros(m + 1, dtype=self.dtype, device=self.device)
         counts.index_add_(0, cell_label, torch.ones(self.n, dtype=self.dtype, device=self.device))
+        torch._dynamo.maybe_mark_dynamic(counts, 0)   # the component count varies: one compiled PCG chunk serves all
         return cell_label, counts
 
     @property

@@ -219,3 +219,34 @@ def test_solver_threads_are_set_for_the_solve_and_restored():
     assert seen == [1] and torch.get_num_threads() == before
     with pytest.raises(ValueError, match="threads must be None or an integer >= 1"):
         Solver("jacobi", threads=0)
+
+
+@pytest.mark.slow
+def test_compiled_chunk_serves_systems_with_different_numbers_of_floating_components():
+    """Closed regions (no Dirichlet face) are null-space components; their count varies between systems
+    of one grid and the compiled program must stay right (and not recompile per count)."""
+    def walled(nx, ny, cuts):
+        cx, cy = np.ones((nx, ny)), np.ones((nx, ny))
+        cx[-1], cy[:, -1] = 0.0, 0.0
+        for i in cuts:                       # a wall between columns i and i+1 splits off a region
+            cx[i] = 0.0
+        diag = np.zeros((nx, ny))
+        diag[:-1] += cx[:-1]
+        diag[1:] += cx[:-1]
+        diag[:, :-1] += cy[:, :-1]
+        diag[:, 1:] += cy[:, :-1]
+        diag[:, -1] += 1.0                   # open top only over the first region
+        diag[cuts[0] + 1:, -1] -= 1.0
+        t = lambda a: torch.as_tensor(a, dtype=torch.float64)
+        from precond import PoissonSystem
+        return PoissonSystem(t(diag), t(cx), t(cy))
+    solver = Solver("jacobi", fallback=None, compiled=True, chunk=2)
+    for cuts in ([7], [7, 15], [5, 11, 17]):
+        s = walled(24, 16, cuts)
+        b = s.project(_rhs(s))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*runs eager")
+            res = solver.solve(s, b)
+        eager = Solver("jacobi", fallback=None, chunk=2).solve(s, b)
+        assert res.compiled and res.converged and abs(res.iterations - eager.iterations) <= 1
+        assert torch.allclose(res.x, eager.x, rtol=1e-6, atol=1e-8 * float(eager.x.abs().max()))
