@@ -148,7 +148,7 @@ def test_htp_reruns_its_network_for_a_new_grid_after_max_age_and_when_iterations
     htp.observe(10)          # first solve after the network ran
     htp.setup(other)
     assert htp.setup_reused
-    htp.observe(10 * 2)      # > 1.25 x 10 + 2: reused corrections no longer pay
+    htp.observe(10 * 2)      # above 1.25 x 10 + 2: the next set-up reruns the network
     htp.setup(other)
     assert not htp.setup_reused
 
