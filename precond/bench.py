@@ -17,7 +17,8 @@ Every method of `--compiled` also runs as "<method> compiled": PCG in torch.comp
 precond.compiled; its compile happens in the warm-up solve and is not timed); the table of HTP
 against the classical solvers takes the faster of eager and compiled on both sides. HTP runs its
 network for every solve here (no set-up reuse: every system is new to it). Solves run with the
-Solver's thread policy (one intra-op thread on CPU) unless `--threads` says otherwise.
+one intra-op thread (the Solver's "auto" policy picks by the machine's load, which would make
+runs incomparable) unless `--threads` says otherwise.
 pyamg's smoothed-aggregation AMG is a CPU reference row.
 
 Set-up reuse: at `--sequence-at N RATIO`, the systems of `--sequence` consecutive frames of the
@@ -54,9 +55,10 @@ import torch
 
 from .dumps import REPO, dump_scene, load_system
 from .pcg import Preconditioner
-from .solver import CPU_THREADS, METHODS, PreconditionerUnavailable, Solver
+from .solver import METHODS, PreconditionerUnavailable, Solver
 from .system import PoissonSystem
 
+THREADS = 1   # solve threads, fixed so that runs compare
 GRIDS = {1024: (32, 32), 4096: (64, 64), 8192: (128, 64), 16384: (128, 128), 65536: (256, 256),
          262144: (512, 512)}
 
@@ -81,7 +83,7 @@ def fresh_htp(reuse: bool = False) -> "Preconditioner":
 
 
 def pcg_once(system: PoissonSystem, b: torch.Tensor, method: str, tol: float, compiled: bool = False,
-             threads: int | None = CPU_THREADS) -> Callable[[], dict]:
+             threads: int | None = THREADS) -> Callable[[], dict]:
     """One timed solve with `method` per call (setup included); raises PreconditionerUnavailable."""
     solver = Solver(method, tol=tol, fallback=None, compiled=compiled, threads=threads,
                     precond=fresh_htp() if method == "htp" else None)
@@ -195,7 +197,7 @@ def ablation_table(precs: dict, its: dict[str, dict[str, tuple[int, bool]]], tol
     return rows
 
 
-def machine(device: str, threads: int | None = CPU_THREADS) -> str:
+def machine(device: str, threads: int | None = THREADS) -> str:
     """The CPU model, its core count, torch's version and the solves' threads, and a CUDA device if used."""
     cpu = platform.processor() or platform.machine()
     try:
@@ -223,7 +225,7 @@ def base_method(variant: str) -> str:
 
 def markdown(rows: list[dict], ablations: list[dict], ablation_its: dict[str, dict[str, tuple[int, bool]]],
              ratios: list[float], intro: str, device: str, sequence_rows: list[dict], sequence_label: str,
-             threads: int | None = CPU_THREADS) -> str:
+             threads: int | None = THREADS) -> str:
     """The benchmark's tables in markdown: one row per N, each cell one value per density ratio."""
     sizes = sorted({r["n"] for r in rows})
     variants = list(dict.fromkeys(r["method"] for r in rows))
@@ -313,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--methods", nargs="+", default=[m for m in METHODS if m != "none"], choices=METHODS)
     p.add_argument("--compiled", nargs="*", default=["jacobi", "htp"], choices=METHODS,
                    help="methods also run as torch.compile'd PCG chunks (none: eager only)")
-    p.add_argument("--threads", type=int, default=CPU_THREADS, help="torch intra-op threads during a solve")
+    p.add_argument("--threads", type=int, default=THREADS, help="torch intra-op threads during a solve")
     p.add_argument("--sequence-at", type=float, nargs=2, default=(8192, 100), metavar=("N", "RATIO"),
                    help="where to measure HTP's set-up reuse on consecutive frames")
     p.add_argument("--sequence", type=int, default=20, help="consecutive frames for the reuse table (0: skip)")

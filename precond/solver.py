@@ -14,6 +14,7 @@ expected, for every method alike.
 from __future__ import annotations
 
 import importlib
+import os
 import time
 import warnings
 from typing import Callable
@@ -26,12 +27,36 @@ from .pcg import CHUNK_PROGRAM, Preconditioner, SolveResult, check_settings, chu
 from .system import PoissonSystem, check_grid
 
 
-# Intra-op threads of a CPU solve. On this project's 2-core machines, with the simulator or any other
-# process busy on the other core, two threads took 68x (jacobi), 190x (mgpcg) and 79x (htp) the time
-# of one at N = 8,192, 1,000:1 (OpenMP threads waiting on each other); on the same machine quiet, two
-# threads made a 128x64 dam-break frame 15-25 % faster (htp and mgpcg alike). One thread is never
-# catastrophic, so it is the default; `Solver(threads=None)` keeps torch's setting for a quiet machine.
-CPU_THREADS = 1
+# Intra-op threads of a CPU solve. On this project's 2-core machines, with another process busy on
+# the other core, two threads took 68x (jacobi), 190x (mgpcg) and 79x (htp) the time of one at
+# N = 8,192, 1,000:1 (OpenMP threads waiting on each other); with the machine quiet, two threads made
+# a 128x64 dam-break frame 15-25 % faster (htp and mgpcg alike). So "auto" (the default) solves on one
+# thread while other processes keep the machine busy and leaves torch's setting otherwise.
+CPU_THREADS: int | str | None = "auto"
+BUSY_LOAD = 0.5   # "busy": the 1-minute load average, less this process's own CPU use, above this
+
+
+class _Load:
+    """This process's CPU use (cores) since the last look, to tell its own load from others'."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu, self.own = time.monotonic(), time.process_time(), 0.0
+
+    def others_busy(self) -> bool:
+        wall, cpu = time.monotonic(), time.process_time()
+        if wall - self.wall >= 1.0:                       # refresh at most once a second
+            self.own = (cpu - self.cpu) / (wall - self.wall)
+            self.wall, self.cpu = wall, cpu
+        try:
+            load = os.getloadavg()[0]
+        except OSError:                                   # no load average on this platform
+            return False
+        return load - self.own > BUSY_LOAD
+
+
+_LOAD = _Load()
+
+
 # Iterations per compiled chunk (CPU, N = 8,192): 4 and 8 ran alike and far faster than 1; 4 compiles
 # in half the time of 8 and wastes fewer steps after convergence.
 COMPILED_CHUNK = 4
@@ -74,13 +99,13 @@ class Solver:
     see htp.NetworkReuse: its `setup_reused` says so), and one with an `observe(iterations)`
     method is told each solve's iterations. `compiled`: run PCG as torch.compile'd chunks of
     `chunk` iterations (default 4 compiled, 1 eager: see pcg and compiled.py). `threads`: torch's
-    intra-op threads during a CPU solve (default CPU_THREADS; None leaves torch's setting alone),
-    restored afterwards.
+    intra-op threads during a CPU solve, restored afterwards: a number, None (torch's setting) or
+    "auto" (the default, CPU_THREADS: one while other processes keep the machine busy).
     """
 
     def __init__(self, method: str = "mgpcg", tol: float = 1e-6, maxiter: int | None = None,
                  fallback: str | None = "mgpcg", precond: Preconditioner | None = None,
-                 compiled: bool = False, chunk: int | None = None, threads: int | None = CPU_THREADS) -> None:
+                 compiled: bool = False, chunk: int | None = None, threads: int | str | None = CPU_THREADS) -> None:
         _check_method(method)
         if fallback is not None:
             _check_method(fallback, " for fallback")
@@ -90,8 +115,8 @@ class Solver:
         chunk = (COMPILED_CHUNK if compiled else 1) if chunk is None else chunk
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
             raise ValueError(f"chunk must be None or an integer >= 1, got {chunk!r}")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"threads must be None or an integer >= 1, got {threads!r}")
+        if threads not in (None, "auto") and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be None, 'auto' or an integer >= 1, got {threads!r}")
         self.method, self.tol, self.maxiter = method, float(tol), maxiter
         self.compiled, self.chunk, self.threads = compiled, chunk, threads
         self.fallback = fallback if fallback != method else None
@@ -148,10 +173,11 @@ class Solver:
 
         A singular A (all-Neumann components) is solved on its range: b's null-space part is
         projected out and reported as `rhs_projected` (see pcg)."""
-        if self.threads is None or system.device.type != "cpu":
+        threads = 1 if self.threads == "auto" and _LOAD.others_busy() else self.threads
+        if threads in (None, "auto") or system.device.type != "cpu":
             return self._solve(system, b, x0)
         before = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
+        torch.set_num_threads(threads)
         try:
             return self._solve(system, b, x0)
         finally:

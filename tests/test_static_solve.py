@@ -215,10 +215,35 @@ def test_solver_threads_are_set_for_the_solve_and_restored():
             seen.append(torch.get_num_threads())
             super().setup(system)
 
-    Solver("jacobi", fallback=None, precond=Spy()).solve(s, _rhs(s))
+    Solver("jacobi", fallback=None, precond=Spy(), threads=1).solve(s, _rhs(s))
     assert seen == [1] and torch.get_num_threads() == before
-    with pytest.raises(ValueError, match="threads must be None or an integer >= 1"):
+    with pytest.raises(ValueError, match="threads must be None, 'auto' or an integer >= 1"):
         Solver("jacobi", threads=0)
+
+
+@pytest.mark.parametrize("load, expected", [(0.2, "torch's"), (1.9, 1)])
+def test_auto_threads_take_one_thread_only_while_other_processes_are_busy(monkeypatch, load, expected):
+    import precond.solver as solver_module
+    monkeypatch.setattr(solver_module.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(solver_module._LOAD, "own", 0.0)
+    monkeypatch.setattr(solver_module._LOAD, "wall", float("inf"))      # keep own = 0 for this test
+    s = _system()
+    seen = []
+
+    class Spy(_HalfJacobi):
+        name = "thread-spy-auto"
+
+        def setup(self, system):
+            seen.append(torch.get_num_threads())
+            super().setup(system)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        Solver("jacobi", fallback=None, precond=Spy()).solve(s, _rhs(s))
+        assert seen == [2 if expected == "torch's" else expected] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.slow
