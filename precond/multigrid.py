@@ -29,6 +29,10 @@ from .system import PoissonSystem, stencil_pattern
 
 
 _GALERKIN_CHUNK = 1 << 17   # fine entries per chunk of the Galerkin map's construction (~16 MiB a temporary)
+# A coarse row whose diagonal is below EMPTY_TOL * eps(dtype) times the restricted fine diagonal is
+# round-off (a coarse function constant on a sealed pocket, or supported on solids only): far above
+# the rounding of the Galerkin sum (about a hundred terms), far below any real coarse energy.
+EMPTY_TOL = 1e3
 
 
 @dataclass(frozen=True)
@@ -128,7 +132,8 @@ def _hierarchy(nx: int, ny: int, coarsest: int) -> dict:
         levels.append(dict(a=a, rows=rows, diag=np.flatnonzero(rows == a.indices), p=p, r=p.T.tocsr(), g=g))
         a, nx, ny = coarse, (nx + 1) // 2, (ny + 1) // 2
     rows = np.repeat(np.arange(a.shape[0]), np.diff(a.indptr))
-    return dict(stencil=stencil, levels=levels, coarse=(a.shape[0], rows * a.shape[0] + a.indices))
+    return dict(stencil=stencil, levels=levels,
+                coarse=dict(n=a.shape[0], rows=rows, indices=a.indices, diag=np.flatnonzero(rows == a.indices)))
 
 
 @lru_cache(maxsize=8)
@@ -139,8 +144,10 @@ def _device_hierarchy(nx: int, ny: int, coarsest: int, dtype: torch.dtype, devic
     csr = lambda m: _torch_csr(t(m.indptr), t(m.indices), t(m.data, dtype), m.shape[1])
     levels = [dict(indptr=t(lv["a"].indptr), indices=t(lv["a"].indices), rows=t(lv["rows"]), diag=t(lv["diag"]), p=csr(lv["p"]), r=csr(lv["r"]),
                    g=csr(lv["g"])) for lv in h["levels"]]
-    return dict(slots=t(h["stencil"][0]), sign=t(h["stencil"][1], dtype), levels=levels,
-                coarse=(h["coarse"][0], t(h["coarse"][1])))
+    c = h["coarse"]
+    coarse = dict(n=c["n"], rows=t(c["rows"]), indices=t(c["indices"]), diag=t(c["diag"]),
+                  pos=t(c["rows"] * c["n"] + c["indices"], torch.long))
+    return dict(slots=t(h["stencil"][0]), sign=t(h["stencil"][1], dtype), levels=levels, coarse=coarse)
 
 
 class Multigrid:
@@ -156,19 +163,25 @@ class Multigrid:
         h = _device_hierarchy(system.nx, system.ny, cfg.coarsest, system.dtype, str(system.device))
         flat = torch.cat([system.diag.reshape(-1), system.cx.reshape(-1), system.cy.reshape(-1)])
         vals = flat[h["slots"]] * h["sign"]
+        live = (~system.decoupled).reshape(-1).to(system.dtype)
+        tol = EMPTY_TOL * torch.finfo(system.dtype).eps
         self.levels = []
-        for lv in h["levels"]:
-            w = cfg.omega / vals[lv["diag"]]
+        for lv, below in zip(h["levels"], h["levels"][1:] + [h["coarse"]]):
+            d = vals[lv["diag"]]
+            w = torch.where(d > 0, cfg.omega / d, torch.zeros_like(d))     # an empty coarse row stays 0
             smooth = -w[lv["rows"]] * vals
             smooth[lv["diag"]] += 1.0
             csr = lambda v: _torch_csr(lv["indptr"], lv["indices"], v, len(lv["indptr"]) - 1)
-            self.levels.append(dict(a=csr(vals), s=csr(smooth), w=w, p=lv["p"], r=lv["r"]))
-            vals = lv["g"] @ vals
-        nc, pos = h["coarse"]
+            self.levels.append(dict(a=csr(vals), s=csr(smooth), w=w, p=lv["p"], r=lv["r"], live=live))
+            coarse = lv["g"] @ (vals * live[lv["rows"]] * live[lv["indices"]])
+            # a coarse row is empty when its energy is round-off of the fine entries it sums
+            live = (coarse[below["diag"]] > tol * (lv["r"] @ (live * d))).to(system.dtype)
+            vals = coarse * live[below["rows"]] * live[below["indices"]]
+        nc = h["coarse"]["n"]
         dense = torch.zeros(nc * nc, dtype=torch.float64, device=system.device)
-        dense[pos] = vals.double()
+        dense[h["coarse"]["pos"]] = vals.double()
         # The pseudo-inverse equals the inverse on a regular coarse matrix and keeps a
-        # singular (all-Neumann) one from amplifying its null space.
+        # singular (all-Neumann) one, or its empty rows, from amplifying its null space.
         self.coarse_inv = torch.linalg.pinv(dense.view(nc, nc), hermitian=True, rtol=1e-12).to(system.dtype)
 
     def apply(self, r: torch.Tensor) -> torch.Tensor:
@@ -183,7 +196,7 @@ class Multigrid:
         for _ in range(self.config.smooth_steps - 1):
             x = c + lv["s"] @ x
         residual = b - lv["a"] @ x
-        x = x + lv["p"] @ self._cycle(level + 1, lv["r"] @ residual)
+        x = x + lv["live"] * (lv["p"] @ self._cycle(level + 1, lv["r"] @ (lv["live"] * residual)))
         for _ in range(self.config.smooth_steps):
             x = c + lv["s"] @ x
         return x

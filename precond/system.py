@@ -9,6 +9,8 @@ with cx the coupling to the east neighbour (0 on the last column) and cy to the 
 neighbour (0 on the top row). Dirichlet faces only add to diag. A connected component of
 cells with no Dirichlet face makes A singular, with that component's indicator as a null
 vector; `project` removes those null-space components so solvers work on the range of A.
+Solid cells (obstacles) keep the grid's shape as identity rows: every face touching one has
+coupling 0 and its diag is 1; `decoupled` marks them (and any other row without couplings).
 
 A PoissonSystem is checked when it is made, in a few O(N) tensor operations: finite entries,
 diag > 0, couplings >= 0 and diag >= the sum of a cell's couplings (weak diagonal dominance).
@@ -73,6 +75,7 @@ class PoissonSystem:
     cx: torch.Tensor
     cy: torch.Tensor
     _null: tuple[torch.Tensor | None, torch.Tensor] | None = field(default=None, init=False, repr=False)
+    _decoupled: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._check_arrays()
@@ -200,6 +203,15 @@ class PoissonSystem:
         out[..., :, :-1] -= north
         out[..., :, 1:] -= south
         return out.reshape(*batch, self.n)
+
+    @property
+    def decoupled(self) -> torch.Tensor:
+        """(nx, ny) bool: cells whose row has no coupling, each its own 1 x 1 block of A. These are
+        solid cells (identity rows) and fluid cells walled in on all four sides; solvers keep them
+        out of coarse spaces, where their diagonal would stand for the cells they do not couple to."""
+        if self._decoupled is None:
+            self._decoupled = (self.cx == 0) & (self.west == 0) & (self.cy == 0) & (self.south == 0)
+        return self._decoupled
 
     def dirichlet(self) -> torch.Tensor:
         """diag minus the sum of the couplings: each cell's Dirichlet (or identity) weight."""
