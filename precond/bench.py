@@ -2,13 +2,22 @@
 
     python -m precond.bench [--sizes 1024 4096 8192 16384 65536] [--ratios 1 10 100 1000]
                             [--methods jacobi ic0 mgpcg ...] [--compiled jacobi htp] [--threads 1]
-                            [--scene scenes/dambreak.yaml] [--frame 40] [--repeats 3] [--out bench_out]
-                            [--device cpu] [--markdown PATH] [--sequence-at 8192 100]
+                            [--scene scenes/dambreak.yaml ...] [--synthetic obstacles] [--frame 40]
+                            [--repeats 3] [--out bench_out] [--device cpu] [--markdown PATH]
+                            [--sequence-at 8192 100]
 
-For every N and density ratio it runs the scene headless to `--frame` (through the command
+For every scene, N and density ratio it runs the scene headless to `--frame` (through the command
 line, as `precond` never imports the simulator), takes that frame's matrix, and solves it
-with a fixed random right-hand side (seed 0; mean-free on a closed box) to a relative
-residual of 1e-6. Every solver sees the same system; after one warm-up solve each, the solvers
+with a fixed random right-hand side (seed 0; zero on solid cells, mean-free on every closed
+region) to a relative residual of 1e-6. `--synthetic KIND ...` takes precond.synthetic's
+obstacle systems instead of scenes (`obstacles`: all of box, steps, funnel and porous, the last
+a held-out family of many small random obstacles), no simulator needed:
+
+    python -m precond.bench --synthetic obstacles --sizes 8192 65536 --ratios 1 1000 \
+        --methods jacobi ic0 mgpcg htp --compiled --no-pyamg --no-ablations
+
+gives the README's table of HTP against mgpcg on obstacle systems. With several scenes or
+kinds, every table has a row per scene (or kind) and N. Every solver sees the same system; after one warm-up solve each, the solvers
 take turns, one solve each per round for `--repeats` rounds, and times are the medians (setup,
 i.e. factorisation or network inference, included): a slow spell of a shared machine falls on
 all of them alike.
@@ -56,6 +65,7 @@ import torch
 from .dumps import REPO, dump_scene, load_system
 from .pcg import Preconditioner
 from .solver import METHODS, PreconditionerUnavailable, Solver
+from .synthetic import OBSTACLES
 from .system import PoissonSystem
 
 THREADS = 1   # solve threads, fixed so that runs compare
@@ -71,8 +81,15 @@ def scene_system(scene: Path, grid: tuple[int, int], ratio: float, frame: int, c
 
 
 def random_rhs(system: PoissonSystem, seed: int = 0) -> torch.Tensor:
+    """Gaussian, zero on decoupled (solid) cells as the simulator's divergence is, and consistent."""
     g = torch.Generator().manual_seed(seed)
-    return system.project(torch.randn(system.n, dtype=torch.float64, generator=g).to(system.device))
+    b = torch.randn(system.n, dtype=torch.float64, generator=g).to(system.device)
+    return system.project(b * ~system.decoupled.reshape(-1))
+
+
+def column(case: str, n: int, cases: list[str]) -> str:
+    """Where a system's figures go in the tables: its N, after its case's name when there are several."""
+    return f"{n}" if len(cases) == 1 else f"{case} {n}"
 
 
 def fresh_htp(reuse: bool = False) -> "Preconditioner":
@@ -117,6 +134,32 @@ def pyamg_once(system: PoissonSystem, b: torch.Tensor, tol: float) -> Callable[[
                     setup_ms=(t1 - t0) * 1e3, solve_ms=(t2 - t0) * 1e3, ms_per_it=(t2 - t1) * 1e3 / max(len(hist) - 1, 1),
                     mode="scipy", history=[h / hist[0] for h in hist])
     return once
+
+
+def run_system(system: PoissonSystem, args: argparse.Namespace, where: str) -> dict[str, dict]:
+    """Every method of `args` (eager, compiled, pyamg) on one system, after a warm-up solve each, taking
+    turns (see interleaved); prints a line per method after `where` (the system's columns)."""
+    b = random_rhs(system)
+    runs = {method: pcg_once(system, b, method, args.tol, threads=args.threads) for method in args.methods}
+    runs.update({f"{method} compiled": pcg_once(system, b, method, args.tol, True, args.threads)
+                 for method in args.methods if method in args.compiled})
+    if not args.no_pyamg:
+        runs["pyamg-sa"] = pyamg_once(system, b, args.tol)
+    for method in list(runs):
+        try:
+            runs[method]()                                # warm-up: caches, checkpoint load
+        except PreconditionerUnavailable as err:
+            print(f"{where} {method:>16}  unavailable: {err}")
+            del runs[method]
+    results = interleaved(runs, args.repeats)
+    for method, r in results.items():
+        # solve time as a fraction of the reference's, measured side by side on this system
+        frac = [r["solve_ms"] / results[ref]["solve_ms"] if ref in results else float("nan")
+                for ref in ("jacobi", "mgpcg")]
+        print(f"{where} {method:>16} {r['iterations']:>6} {str(r['converged']):>5} {r['setup_ms']:>9.2f} "
+              f"{r['ms_per_it']:>7.3f} {r['solve_ms']:>9.2f} {frac[0]:>8.2f} {frac[1]:>8.2f} "
+              f"{r.get('mode', 'eager'):>8}", flush=True)
+    return results
 
 
 def interleaved(runs: dict[str, Callable[[], dict]], repeats: int) -> dict[str, dict]:
@@ -226,56 +269,61 @@ def base_method(variant: str) -> str:
 def markdown(rows: list[dict], ablations: list[dict], ablation_its: dict[str, dict[str, tuple[int, bool]]],
              ratios: list[float], intro: str, device: str, sequence_rows: list[dict], sequence_label: str,
              threads: int | None = THREADS) -> str:
-    """The benchmark's tables in markdown: one row per N, each cell one value per density ratio."""
-    sizes = sorted({r["n"] for r in rows})
+    """The benchmark's tables in markdown: one row per N (per scene and N with several scenes), each
+    cell one value per density ratio."""
+    cases = list(dict.fromkeys(r["scene"] for r in rows))
+    sizes = sorted({(cases.index(r["scene"]), r["n"]) for r in rows})
+    sizes = [(cases[c], n) for c, n in sizes]                   # (case, N): one table row each
     variants = list(dict.fromkeys(r["method"] for r in rows))
     eager = [v for v in variants if v == base_method(v)]
-    at = {(r["n"], r["ratio"], r["method"]): r for r in rows}
+    at = {((r["scene"], r["n"]), r["ratio"], r["method"]): r for r in rows}
     per_ratio = "ratio " + " / ".join(f"{x:,g}" for x in ratios)
-    label = lambda n: f"{n:,} ({GRIDS[n][0]}x{GRIDS[n][1]})"
+    named = lambda key: f"{key[0]}, " if len(cases) > 1 else ""
+    label = lambda key: f"{named(key)}{key[1]:,} ({GRIDS[key[1]][0]}x{GRIDS[key[1]][1]})"
+    first = "system, N" if len(cases) > 1 else "N"
     number = lambda v: f"{v:,.0f}" if v >= 100 else f"{v:.1f}" if v >= 1 else f"{v:.3f}"
 
     def per_ratio_cell(value: Callable[..., str], *key) -> str:
         return " / ".join(value(*key, x) for x in ratios)
 
-    def iterations(n: int, method: str, x: float) -> str:
+    def iterations(n: tuple[str, int], method: str, x: float) -> str:
         r = at.get((n, x, method))
         return "-" if r is None else f"{r['iterations']:,}" + ("" if r["converged"] else "*")
 
     def field(name: str) -> Callable[..., str]:
-        def cell(n: int, method: str, x: float) -> str:
+        def cell(n: tuple[str, int], method: str, x: float) -> str:
             r = at.get((n, x, method))
             return "-" if r is None else number(r[name])
         return cell
 
-    def fastest(n: int, x: float, pick: Callable[[str], bool]) -> dict | None:
+    def fastest(n: tuple[str, int], x: float, pick: Callable[[str], bool]) -> dict | None:
         found = [at[(n, x, v)] for v in variants if pick(base_method(v)) and (n, x, v) in at and at[(n, x, v)]["converged"]]
         return min(found, key=lambda r: r["solve_ms"]) if found else None
 
-    def htp_over_classical(n: int, x: float) -> str:
+    def htp_over_classical(n: tuple[str, int], x: float) -> str:
         htp, other = fastest(n, x, lambda m: m == "htp"), fastest(n, x, lambda m: m in CLASSICAL)
         if htp is None or other is None:
             return "-"
         return f"{htp['solve_ms'] / other['solve_ms']:.2f} ({other['method']})"
 
-    def variant(name: str, n: int, x: float) -> str:
-        its, ok = ablation_its[name].get(f"{n}/{x:g}", (None, True))
+    def variant(name: str, n: tuple[str, int], x: float) -> str:
+        its, ok = ablation_its[name].get(f"{column(*n, cases)}/{x:g}", (None, True))
         return "-" if its is None else f"{its}" + ("" if ok else "*")
 
     top = max(ratios)
     out = [f"Machine: {machine(device, threads)}; {datetime.date.today().isoformat()}.", "", intro, "",
            f"PCG iterations, {per_ratio} (* = not converged; compiled runs take the same):", "",
-           *_table(["N", *eager], [[label(n), *(per_ratio_cell(iterations, n, m) for m in eager)] for n in sizes]),
+           *_table([first, *eager], [[label(n), *(per_ratio_cell(iterations, n, m) for m in eager)] for n in sizes]),
            "", f"Solve time in ms, setup included, {per_ratio}:", "",
-           *_table(["N", *variants], [[label(n), *(per_ratio_cell(field("solve_ms"), n, m) for m in variants)]
+           *_table([first, *variants], [[label(n), *(per_ratio_cell(field("solve_ms"), n, m) for m in variants)]
                                       for n in sizes]),
            "", f"Set-up ms / ms per PCG iteration at ratio {top:,g}:", "",
-           *_table(["N", *variants], [[label(n), *(f"{field('setup_ms')(n, m, top)} / {field('ms_per_it')(n, m, top)}"
+           *_table([first, *variants], [[label(n), *(f"{field('setup_ms')(n, m, top)} / {field('ms_per_it')(n, m, top)}"
                                                    for m in variants)] for n in sizes])]
     if any(base_method(v) == "htp" for v in variants) and any(base_method(v) in CLASSICAL for v in variants):
         out += ["", f"HTP's solve time (the faster of eager and compiled, setup included) as a fraction of the "
                     f"fastest classical solver's (which one in brackets), {per_ratio}:", "",
-                *_table(["N", "htp / fastest classical"],
+                *_table([first, "htp / fastest classical"],
                         [[label(n), " / ".join(htp_over_classical(n, x) for x in ratios)] for n in sizes])]
     if sequence_rows:
         out += ["", f"HTP's set-up reuse, {sequence_label}:", "",
@@ -284,7 +332,7 @@ def markdown(rows: list[dict], ablations: list[dict], ablation_its: dict[str, di
                           f"{r['setup_ms']:.1f}", f"{r['solve_ms']:.1f}"] for r in sequence_rows])]
     if ablations:
         out += ["", f"HTP variants, PCG iterations, {per_ratio} (* = not converged; mean over all systems):", "",
-                *_table(["variant", "loss", "highways", *(f"{n:,}" for n in sizes), "mean"],
+                *_table(["variant", "loss", "highways", *(f"{named(n)}{n[1]:,}" for n in sizes), "mean"],
                         [[a["variant"], a["loss"], a["highways"],
                           *(per_ratio_cell(variant, a["variant"], n) for n in sizes), f"{a['mean']:.1f}"]
                          for a in ablations])]
@@ -320,7 +368,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="where to measure HTP's set-up reuse on consecutive frames")
     p.add_argument("--sequence", type=int, default=20, help="consecutive frames for the reuse table (0: skip)")
     p.add_argument("--no-pyamg", action="store_true", help="skip the pyamg reference row")
-    p.add_argument("--scene", type=Path, default=REPO / "scenes" / "dambreak.yaml")
+    p.add_argument("--scene", type=Path, nargs="+", default=[REPO / "scenes" / "dambreak.yaml"],
+                   help="scenes whose frame is solved (several: a table row per scene and N)")
+    p.add_argument("--synthetic", nargs="+", choices=[*OBSTACLES, "obstacles"],
+                   help="precond.synthetic's obstacle systems instead of scenes (obstacles: all of them)")
     p.add_argument("--frame", type=int, default=40, help="simulator frame whose system is solved")
     p.add_argument("--tol", type=float, default=1e-6)
     p.add_argument("--repeats", type=int, default=3)
@@ -339,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     rows, histories = [], {}
-    header = (f"{'N':>7} {'grid':>9} {'ratio':>6} {'method':>16} {'iters':>6} {'conv':>5} {'setup ms':>9} "
+    header = (f"{'system':>10} {'N':>7} {'grid':>9} {'ratio':>6} {'method':>16} {'iters':>6} {'conv':>5} {'setup ms':>9} "
               f"{'ms/it':>7} {'solve ms':>9} {'/jacobi':>8} {'/mgpcg':>8} {'mode':>8}")
     print(header)
     print("-" * len(header))
@@ -348,44 +399,34 @@ def main(argv: list[str] | None = None) -> None:
         ablations = (ablation_preconditioners(args.ablations) if not args.no_ablations
                      and "htp" in args.methods and any(args.ablations.glob("*.pt")) else {})
         ablation_its: dict[str, dict[str, tuple[int, bool]]] = {name: {} for name in ablations}
-        for n in args.sizes:
-            grid = GRIDS[n]
-            for ratio in args.ratios:
-                system = scene_system(args.scene, grid, ratio, args.frame, cache).to(device=args.device)
-                b = random_rhs(system)
-                runs = {method: pcg_once(system, b, method, args.tol, threads=args.threads) for method in args.methods}
-                runs.update({f"{method} compiled": pcg_once(system, b, method, args.tol, True, args.threads)
-                             for method in args.methods if method in args.compiled})
-                if not args.no_pyamg:
-                    runs["pyamg-sa"] = pyamg_once(system, b, args.tol)
-                for method in list(runs):
-                    try:
-                        runs[method]()                                # warm-up: caches, checkpoint load
-                    except PreconditionerUnavailable as err:
-                        print(f"{n:>7} {grid[0]}x{grid[1]:<5} {ratio:>6g} {method:>16}  unavailable: {err}")
-                        del runs[method]
-                results = interleaved(runs, args.repeats)
-                for method, r in results.items():
-                    # solve time as a fraction of the reference's, measured side by side on this system
-                    frac = [r["solve_ms"] / results[ref]["solve_ms"] if ref in results else float("nan")
-                            for ref in ("jacobi", "mgpcg")]
-                    print(f"{n:>7} {grid[0]:>4}x{grid[1]:<4} {ratio:>6g} {method:>16} {r['iterations']:>6} "
-                          f"{str(r['converged']):>5} {r['setup_ms']:>9.2f} {r['ms_per_it']:>7.3f} {r['solve_ms']:>9.2f} "
-                          f"{frac[0]:>8.2f} {frac[1]:>8.2f} {r.get('mode', 'eager'):>8}", flush=True)
-                    rows.append(dict(scene=args.scene.stem, n=n, nx=grid[0], ny=grid[1], ratio=ratio, method=method,
-                                     **{k: v for k, v in r.items() if k != "history"}))
-                for name, prec in ablations.items():
-                    res = Solver("htp", tol=args.tol, fallback=None, precond=prec).solve(system, b)
-                    ablation_its[name][f"{n}/{ratio:g}"] = (res.iterations, res.converged)
-                if (n, ratio) == tuple(args.plot_at):
-                    histories = {m: r["history"] for m, r in results.items() if m == base_method(m)}
+        if args.synthetic:
+            kinds = dict.fromkeys(k for name in args.synthetic for k in (OBSTACLES if name == "obstacles" else [name]))
+            cases = {k: lambda grid, ratio, k=k: OBSTACLES[k].system(*grid, ratio) for k in kinds}
+        else:
+            cases = {scene.stem: lambda grid, ratio, scene=scene: scene_system(scene, grid, ratio, args.frame, cache)
+                     for scene in args.scene}
+        plot_case = next(iter(cases))
+        for case, make in cases.items():
+            for n in args.sizes:
+                grid = GRIDS[n]
+                for ratio in args.ratios:
+                    system = make(grid, ratio).to(device=args.device)
+                    results = run_system(system, args, f"{case:>10} {n:>7} {grid[0]:>4}x{grid[1]:<4} {ratio:>6g}")
+                    rows += [dict(scene=case, n=n, nx=grid[0], ny=grid[1], ratio=ratio, method=method,
+                                  **{k: v for k, v in r.items() if k != "history"}) for method, r in results.items()]
+                    b = random_rhs(system)
+                    for name, prec in ablations.items():
+                        res = Solver("htp", tol=args.tol, fallback=None, precond=prec).solve(system, b)
+                        ablation_its[name][f"{column(case, n, list(cases))}/{ratio:g}"] = (res.iterations, res.converged)
+                    if (case, n, ratio) == (plot_case, *args.plot_at):
+                        histories = {m: r["history"] for m, r in results.items() if m == base_method(m)}
         sequence_rows, sequence_label = [], ""
-        if args.sequence and "htp" in args.methods:
-            n, ratio = int(args.sequence_at[0]), args.sequence_at[1]
+        if args.sequence and "htp" in args.methods and not args.synthetic:
+            n, ratio, scene = int(args.sequence_at[0]), args.sequence_at[1], args.scene[0]
             first = args.frame
-            sequence_label = (f"{args.scene.stem} frames {first} to {first + args.sequence - 1} at N = {n:,} "
+            sequence_label = (f"{scene.stem} frames {first} to {first + args.sequence - 1} at N = {n:,} "
                               f"({GRIDS[n][0]}x{GRIDS[n][1]}), ratio {ratio:g}, each frame's own right-hand side")
-            sequence_rows = sequence(args.scene, GRIDS[n], ratio, first, args.sequence, cache, args.tol, args.threads)
+            sequence_rows = sequence(scene, GRIDS[n], ratio, first, args.sequence, cache, args.tol, args.threads)
             print(f"\nHTP set-up reuse, {sequence_label}:")
             for r in sequence_rows:
                 print(f"  {r['variant']:<28} network passes {r['network_runs']:>3}/{r['solves']}  "
@@ -396,11 +437,13 @@ def main(argv: list[str] | None = None) -> None:
         w.writerows(rows)
     if histories:
         n, ratio = args.plot_at
-        plot(histories, f"{args.scene.stem}, N={int(n)}, ratio {ratio:g}", args.out / "convergence.png")
+        plot(histories, f"{plot_case}, N={int(n)}, ratio {ratio:g}", args.out / "convergence.png")
     ablation_rows = ablation_table(ablations, ablation_its, args.tol, args.out / "ablations.csv") if ablations else []
     if args.markdown:
         command = " ".join(["python -m precond.bench", *(argv if argv is not None else sys.argv[1:])])
-        intro = (f"`{command}`: {args.scene.stem} frame {args.frame}, random right-hand side (seed 0), relative "
+        source = (f"synthetic systems {', '.join(cases)} (precond.synthetic)" if args.synthetic
+                  else f"{', '.join(cases)} frame {args.frame}")
+        intro = (f"`{command}`: {source}, random right-hand side (seed 0), relative "
                  f"residual {args.tol:g}; after a warm-up solve the solvers take turns, one solve each per round, "
                  f"{args.repeats} round{'s' if args.repeats > 1 else ''}, medians.")
         args.markdown.parent.mkdir(parents=True, exist_ok=True)

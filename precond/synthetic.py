@@ -6,11 +6,15 @@ water fraction of the face, so A stays SPD for any ratio. Solid cells follow the
 face touching one has coefficient 0 and its row is the identity, as is the row of a fluid cell
 walled in on all four sides with no Dirichlet face.
 
-`OBSTACLES` are scenes with solids, (phi, solid) for a grid: a dam break against a box, a beach
-of steps, a funnel, and a held-out family of many small random obstacles (some hollow, sealing
-floating pockets) with a random pool, drops and bubbles.
+`OBSTACLES` are scenes with solids (`ObstacleScene`: a generator of (phi, solid) for any grid and
+a top boundary): a dam break against a box, a beach of steps, a funnel, and a held-out family of
+many small random obstacles (some hollow, sealing floating pockets) in a random pool with drops
+and bubbles. Tests and `python -m precond.bench --synthetic obstacles` use them.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -115,4 +119,19 @@ def porous_scene(nx: int, ny: int, rng: np.random.Generator) -> tuple[np.ndarray
     return random_phi(nx, ny, rng), solid
 
 
-OBSTACLES = {"box": box_scene, "steps": steps_scene, "funnel": funnel_scene, "porous": porous_scene}
+@dataclass(frozen=True)
+class ObstacleScene:
+    """A scene with solids: its (phi, solid) generator and its top boundary (open: Dirichlet)."""
+
+    make: Callable[[int, int, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+    open_top: bool
+
+    def system(self, nx: int, ny: int, ratio: float, seed: int = 0) -> PoissonSystem:
+        """The scene's system on an nx x ny grid at `ratio` (random scenes drawn with `seed`)."""
+        phi, solid = self.make(nx, ny, np.random.default_rng(seed))
+        return two_phase_system(phi, ratio, self.open_top, solid)
+
+
+# closed tops as in the simulator's dam break; the pores' sealed pockets float beside an open pool
+OBSTACLES = {"box": ObstacleScene(box_scene, False), "steps": ObstacleScene(steps_scene, False),
+             "funnel": ObstacleScene(funnel_scene, True), "porous": ObstacleScene(porous_scene, True)}

@@ -37,7 +37,7 @@ def _case(kind: str, ratio: float, open_top: bool, grid=GRID):
         phi, solid = box_scene(*grid)
         solid = _ring(solid, (16.0, 8.0), 4.0)
     else:
-        phi, solid = OBSTACLES[kind](*grid, np.random.default_rng(5))
+        phi, solid = OBSTACLES[kind].make(*grid, np.random.default_rng(5))
     s = two_phase_system(phi, ratio, open_top, solid)
     b = np.random.default_rng(0).standard_normal(s.n) * ~s.decoupled.numpy().reshape(-1)
     return s, s.project(torch.as_tensor(b)).numpy()
@@ -159,3 +159,24 @@ def test_compiled_htp_solves_obstacle_systems_like_eager():
             res = solver.solve(s, b)
         assert res.compiled and res.converged and abs(res.iterations - eager.iterations) <= 1
         assert np.linalg.norm(res.x.numpy() - _exact(s.to_csr(), b.numpy())) <= 1e-4 * np.linalg.norm(eager.x.numpy())
+
+
+def test_bench_runs_the_synthetic_obstacle_family(tmp_path):
+    """`--synthetic obstacles`: a row per kind and N in every table, each the solve of that kind's system."""
+    import csv
+
+    from precond import bench
+    out = tmp_path / "out"
+    bench.main(["--synthetic", "obstacles", "--sizes", "1024", "--ratios", "1000", "--methods", "jacobi", "mgpcg",
+                "--compiled", "--no-pyamg", "--no-ablations", "--repeats", "1", "--sequence", "0", "--out", str(out),
+                "--markdown", str(out / "tables.md")])
+    rows = {(r["scene"], r["method"]): r for r in csv.DictReader(open(out / "bench.csv"))}
+    assert set(rows) == {(kind, m) for kind in OBSTACLES for m in ("jacobi", "mgpcg")}
+    s = OBSTACLES["porous"].system(32, 32, 1000.0)
+    res = Solver("mgpcg", fallback=None).solve(s, bench.random_rhs(s))
+    assert int(rows[("porous", "mgpcg")]["iterations"]) == res.iterations
+    md = (out / "tables.md").read_text()
+    assert "synthetic systems box, steps, funnel, porous" in md and "| system, N | jacobi | mgpcg |" in md
+    for kind in OBSTACLES:
+        its = [rows[(kind, m)]["iterations"] for m in ("jacobi", "mgpcg")]
+        assert f"| {kind}, 1,024 (32x32) | {its[0]} | {its[1]} |" in md
