@@ -100,8 +100,10 @@ def _dense(precond, s):
 
 
 @pytest.mark.parametrize("make", [Jacobi, IC0, Multigrid, lambda: HTP.from_model(_random_htp())])
-def test_preconditioners_stay_spd_with_solids(make):
-    """Sealed pockets, an all-solid corner (empty coarse cells for mgpcg), 1,000:1."""
+def test_preconditioners_stay_spd_and_leave_solid_cells_decoupled(make):
+    """Sealed pockets, an all-solid corner (empty coarse cells for mgpcg), 1,000:1: M is SPD and, like
+    A, couples no solid cell to any other cell (mgpcg's coarse levels and HTP's harmonic basis and
+    coarse functions vanish there)."""
     nx, ny = 20, 12
     phi, solid = box_scene(nx, ny)
     solid = _ring(solid, (5.0, 6.0), 2.0)
@@ -110,6 +112,9 @@ def test_preconditioners_stay_spd_with_solids(make):
     m = _dense(make(), s)
     assert torch.allclose(m, m.T, atol=1e-6 * float(m.abs().max()))
     assert float(torch.linalg.eigvalsh((m + m.T) / 2).min()) > 0
+    cells = torch.as_tensor(solid.reshape(-1))
+    assert not m[cells][:, ~cells].any()
+    assert torch.equal(m[cells][:, cells], torch.diag(m[cells][:, cells].diagonal()))
 
 
 def _random_htp(seed=0):

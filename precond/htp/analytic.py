@@ -11,6 +11,10 @@
   inverse of A on span(V_c), an additive multilevel coarse correction whose scale is right for
   any density ratio by construction.
 
+Solid cells (decoupled identity rows, PoissonSystem.decoupled) need no mask: no coupling reaches
+them, so their sources are 0, their leaf blocks identity rows, and Q, every coarse function and the
+network's corrections vanish there. M couples them to nothing and is SPD as on any system.
+
 Everything is factorised in float64, once per distinct leaf (pure-phase interiors repeat), and
 cast to the network's dtype at the end.
 """
