@@ -110,19 +110,21 @@ class Renderer:
         self.program["u_lut"] = 1
 
     def upload(self, fields: dict[str, np.ndarray], mode: str) -> ColorScale:
-        """Send phi and the mode's scalar to the GPU (one RG32F texture, rows along y); returns the colour scale."""
+        """Send phi, the mode's scalar and the solid cells to the GPU (one RGB32F texture, rows along y);
+        returns the colour scale."""
         scalar, self.scale = mode_scalar(fields, mode)
         phi = fields["phi"]
         nx, ny = phi.shape
         if self.field is None or self.field.size != (nx, ny):
             if self.field is not None:
                 self.field.release()
-            self.field = self.ctx.texture((nx, ny), 2, dtype="f4")
+            self.field = self.ctx.texture((nx, ny), 3, dtype="f4")
             self.field.filter = (moderngl.LINEAR, moderngl.LINEAR)
             self.field.repeat_x = self.field.repeat_y = False
-        texels = np.empty((ny, nx, 2), dtype=np.float32)
+        texels = np.empty((ny, nx, 3), dtype=np.float32)
         texels[..., 0] = phi.T
         texels[..., 1] = scalar.T
+        texels[..., 2] = fields["solid"].T
         self.field.write(texels)
         self.program["u_phase"] = int(mode == "phase")
         if mode != "phase":

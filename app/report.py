@@ -22,7 +22,7 @@ from .preflight import OutputError
 
 
 FRAME_RECORD_BYTES = 600  # what the report keeps per frame (a FrameStats: measured 544 bytes)
-FIELD_DUMP_NAMES = ("phi", "u", "v", "pressure", "rho")  # Simulation.fields() arrays in a --dump-fields file
+FIELD_DUMP_NAMES = ("phi", "u", "v", "pressure", "rho", "solid")  # Simulation.fields() arrays in a --dump-fields file
 FIELD_DUMP_KEYS = (*FIELD_DUMP_NAMES, "time", "frame", "h", "ratio", "gravity")
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import precond
 from sim.limits import CELLS, GRID_SIDE
 from sim.memory import MemoryLimitError
-from sim.scene import SceneError, load_scene
+from sim.scene import Circle, Motion, SceneError, load_scene
 from sim.simulation import Simulation, SimulationError
 from sim.stats import FrameStats
 
@@ -31,6 +31,8 @@ HISTORY_FRAMES = 500
 POUR_RADIUS = 0.03  # domain units (the domain is 1 high)
 PUSH_RADIUS = 0.08
 PUSH_MAX_SPEED = 10.0  # m/s added by one mouse drag event at most
+DISC_RADIUS = 0.06  # the solid disc the drag tool drops where no body is under the cursor
+LEFT_TOOLS = ("pour water", "drag a solid")  # what the left mouse button does in the view
 
 
 def grid_for(cells: int, aspect: float) -> tuple[int, int]:
@@ -103,6 +105,8 @@ class ViewerState:
     reset_requested: bool = False
     error: str = ""  # why the simulation stopped, or what could not be done; shown in red
     compiling: str = ""  # the next step compiles a solve for a new grid shape: said on screen first
+    left_tool: str = LEFT_TOOLS[0]
+    grabbed: Optional[tuple[int, float, float]] = None  # the dragged body and where on it the cursor holds it
     history: StatsHistory = field(default_factory=StatsHistory)
 
     @classmethod
@@ -144,6 +148,7 @@ class ViewerState:
             self.reset_requested = False
             sim.reset()
             self.error = ""
+            self.grabbed = None
         return sim
 
     def _switch_scene(self, sim: Simulation) -> Simulation:
@@ -157,7 +162,7 @@ class ViewerState:
             self.scene_path = sim.scene.source
             return sim
         self.grid, self.aspect, self.ratio = (new.nx, new.ny), scene.grid.nx / scene.grid.ny, new.ratio
-        self.max_substeps, self.error = scene.time.max_substeps, ""
+        self.max_substeps, self.error, self.grabbed = scene.time.max_substeps, "", None
         return new
 
     def advance(self, sim: Simulation) -> Optional[FrameStats]:
@@ -184,6 +189,25 @@ class ViewerState:
         """Add a disc of water at a domain position (ignored outside the domain)."""
         if 0.0 <= x <= sim.nx / sim.ny and 0.0 <= y <= 1.0:
             sim.add_water(x, y, POUR_RADIUS)
+
+    def drag(self, sim: Simulation, x: float, y: float) -> None:
+        """The drag tool with the button held at (x, y): the first frame grabs the body under the cursor, or
+        drops a solid disc there; every frame moves the grabbed body along with the cursor."""
+        width = sim.nx / sim.ny
+        if self.grabbed is None:
+            if not (0.0 <= x <= width and 0.0 <= y <= 1.0):
+                return
+            k = sim.body_at(x, y)
+            if k is None:
+                k = sim.add_body(Circle((x, y), DISC_RADIUS, "solid", motion=Motion()))
+            cx, cy = sim.body_centres()[k]
+            self.grabbed = (k, cx - x, cy - y)
+        k, ox, oy = self.grabbed
+        sim.move_body(k, min(max(x, 0.0), width) + ox, min(max(y, 0.0), 1.0) + oy)
+
+    def let_go(self) -> None:
+        """The drag tool's button is up: the body stays where it is."""
+        self.grabbed = None
 
     def stir(self, sim: Simulation, x: float, y: float, dx: float, dy: float) -> None:
         """Push the fluid at (x, y) along a mouse drag of (dx, dy) domain units made during one frame."""

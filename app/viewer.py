@@ -1,8 +1,9 @@
 """The interactive window: imgui-bundle panels around the simulation view, which moderngl draws into a texture.
 
 Left: scene, run controls, solver and grid settings, render mode, recording, live stats and a
-per-solver comparison. Right: the view (keeps the domain's aspect ratio; left mouse button pours
-water, right drag pushes the fluid) over implot plots of ms/frame and PCG iterations, one line
+per-solver comparison. Right: the view (keeps the domain's aspect ratio; the left mouse button
+pours water or, with the drag tool, grabs a solid body, or drops a disc, and drags it through the
+fluid; right drag pushes the fluid) over implot plots of ms/frame and PCG iterations, one line
 per solver. Keys: Space play/pause, Right arrow step, Backspace reset, R record, P screenshot.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .headless import recording_fps
 from .preflight import NO_DISPLAY, missing_display
 from .recorder import Recorder, RecordingError, save_png
 from .render import RENDER_MODES, Renderer, RenderTarget, picture_size
-from .state import N_CHOICES, ViewerState, list_scenes, view_to_domain
+from .state import LEFT_TOOLS, N_CHOICES, ViewerState, list_scenes, view_to_domain
 from .stop import StopRequest
 
 WINDOW_SIZE = (1440, 900)
@@ -211,6 +212,11 @@ class Viewer:
         imgui.text_disabled(f"grid {self.sim.nx} x {self.sim.ny} = {self.sim.nx * self.sim.ny:,} cells")
 
         imgui.separator_text("view")
+        imgui.text("left mouse:")
+        for tool in LEFT_TOOLS:
+            imgui.same_line()
+            if imgui.radio_button(tool, state.left_tool == tool):
+                state.left_tool, state.grabbed = tool, None
         for k, mode in enumerate(RENDER_MODES):
             if k:
                 imgui.same_line()
@@ -296,13 +302,20 @@ class Viewer:
         imgui.set_cursor_pos_x(imgui.get_cursor_pos_x() + (room_w - w) / 2)
         imgui.image(imgui.ImTextureRef(self.view.texture.glo), imgui.ImVec2(w, h), imgui.ImVec2(0, 1),
                     imgui.ImVec2(1, 0))
-        if not imgui.is_item_hovered():
-            return
+        left = imgui.is_mouse_down(imgui.MouseButton_.left)
+        if not left:
+            self.state.let_go()
         origin = imgui.get_item_rect_min()
         io = imgui.get_io()
         x, y = view_to_domain((io.mouse_pos.x, io.mouse_pos.y), (origin.x, origin.y), (w, h), aspect)
         try:
-            if imgui.is_mouse_down(imgui.MouseButton_.left):
+            if left and self.state.grabbed is not None:  # a grabbed body follows the cursor off the view too
+                self.state.drag(self.sim, x, y)
+            if not imgui.is_item_hovered():
+                return
+            if left and self.state.left_tool == LEFT_TOOLS[1] and self.state.grabbed is None:
+                self.state.drag(self.sim, x, y)
+            elif left and self.state.left_tool == LEFT_TOOLS[0]:
                 self.state.pour(self.sim, x, y)
             if imgui.is_mouse_down(imgui.MouseButton_.right):
                 self.state.stir(self.sim, x, y, io.mouse_delta.x / w * aspect, -io.mouse_delta.y / h)

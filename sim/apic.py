@@ -11,7 +11,7 @@ value sim.advect computed, so u* is defined everywhere. The affine part is what 
 transfers from averaging rotation and shear away, as PIC does: the low dissipation of APIC.
 
 After each frame's reinitialisation `maintain` keeps the count steady: in one serial pass (so a
-run repeats exactly but for the order of P2G's float sums) it drops particles more than
+run repeats exactly but for the order of P2G's float sums) it drops particles in solid cells, those more than
 `KEEP_BAND` cells into the air and those beyond `MAX_PER_CELL` in a cell, then seeds cells of the
 band holding fewer than `MIN_PER_CELL` up to `TARGET_PER_CELL`, at hashed positions stratified
 over the cell's quarters.
@@ -26,6 +26,7 @@ import numpy as np
 import taichi as ti
 
 from .advect import bilerp, inside, velocity
+from .solids import is_fluid
 
 TARGET_PER_CELL = 4
 MIN_PER_CELL = 3  # a band cell with fewer is topped up to TARGET_PER_CELL
@@ -182,7 +183,8 @@ def maintain(s: ti.template(), ps: ti.template(), seed: ti.i32):
         p = ps.x[k]
         i = ti.min(ti.cast(p.x, ti.i32), nx - 1)
         j = ti.min(ti.cast(p.y, ti.i32), ny - 1)
-        if bilerp(s.phi, p.x - 0.5, p.y - 0.5, nx, ny) < KEEP_BAND * h and ps.count[i, j] < MAX_PER_CELL:
+        if (bilerp(s.phi, p.x - 0.5, p.y - 0.5, nx, ny) < KEEP_BAND * h and ps.count[i, j] < MAX_PER_CELL
+                and is_fluid(s, i, j)):
             ps.count[i, j] += 1
             ps.x[ps.n[1]] = p
             ps.n[1] += 1
@@ -192,7 +194,7 @@ def maintain(s: ti.template(), ps: ti.template(), seed: ti.i32):
     for c in range(nx * ny):
         i, j = c // ny, c % ny
         have = ps.count[i, j]
-        if s.phi[i, j] < SEED_BAND * h and have < MIN_PER_CELL:
+        if s.phi[i, j] < SEED_BAND * h and have < MIN_PER_CELL and is_fluid(s, i, j):
             for slot in range(have, TARGET_PER_CELL):
                 k = ps.n[0]
                 if k < ps.capacity:

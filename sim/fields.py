@@ -5,7 +5,7 @@ import taichi as ti
 from .advect import centre_velocity
 from .levelset import water_fraction
 
-FIELD_NAMES = ("phi", "rho", "pressure", "speed", "vorticity", "u", "v")
+FIELD_NAMES = ("phi", "rho", "pressure", "speed", "vorticity", "u", "v", "solid")
 
 
 @ti.kernel
@@ -29,3 +29,4 @@ def cell_fields(s: ti.template(), out: ti.types.ndarray(dtype=ti.f32, ndim=3), r
             out[4, i, j] = (dvdx - dudy) * inv_h
             out[5, i, j] = vel.x
             out[6, i, j] = vel.y
+            out[7, i, j] = ti.cast(s.kind[i, j] != 0, ti.f32)

@@ -1,9 +1,10 @@
 """The Taichi fields of one simulation, allocated at a capacity so that resizing rarely recompiles.
 
 Every field is allocated at `(capx + 1, capy + 1)` with `capx`, `capy` powers of two, and the
-kernels read the live size from `size = [nx, ny, open_top, flags]` (flags: the non-finite
+kernels read the live size from `size = [nx, ny, open_top, flags, bodies]` (flags: the non-finite
 values a kernel found, see sim.assemble), so any grid up to the capacity
-reuses the compiled kernels. States are pooled by capacity: a simulation that is dropped (or
+reuses the compiled kernels. The solids (sim.solids) live here too: the fixed geometry's signed
+distance `solid`, every cell's `kind` and the moving bodies' table `bodies` (size[4] of them live). States are pooled by capacity: a simulation that is dropped (or
 outgrows its state) hands it back, and the next one of that capacity takes it, compiled.
 """
 from __future__ import annotations
@@ -17,13 +18,16 @@ from scipy.ndimage import map_coordinates
 
 from .memory import capacity
 
-# The scalar f32 fields of a state, all shaped (capx + 1, capy + 1); besides them, `fixed` (u8) and `bt` (2 x f32).
-_SCALARS = ("phi", "phi_f", "phi_a", "u", "us", "v", "vs", "cu", "cv", "p")
+# The scalar f32 fields of a state, all shaped (capx + 1, capy + 1); besides them, `fixed` and `kind` (u8) and
+# `bt` (2 x f32).
+_SCALARS = ("phi", "phi_f", "phi_a", "u", "us", "v", "vs", "cu", "cv", "p", "solid")
+MAX_BODIES = 8  # rows of the bodies table (sim.scene.MAX_BODIES)
+BODY_COLUMNS = 7  # kind (0 box, 1 circle), centre x, y, half-width or radius, half-height, velocity u, v
 
 
 def bytes_per_capacity_cell() -> int:
     """What the fields of a state take per (capx + 1) x (capy + 1) cell (sim.memory's FIELD_BYTES)."""
-    return 4 * len(_SCALARS) + 1 + 2 * 4
+    return 4 * len(_SCALARS) + 2 + 2 * 4
 
 
 @ti.data_oriented
@@ -31,7 +35,7 @@ class GridState:
     """MAC grid state: u (nx+1, ny) on x-faces, v (nx, ny+1) on y-faces, level set phi and pressure p at centres.
 
     phi_f, phi_a: forward and corrected advection of phi, which the reinitialisation (after the last
-    projection) reuses as its two buffers; fixed: the cells it keeps; us, vs: velocity after advection
+    projection) reuses as its two buffers; fixed: the cells it keeps; solid, kind, bodies: sim.solids; us, vs: velocity after advection
     and forces (u*); cu, cv: face coefficients 1/rho_face; bt: the backtraced position of every cell
     centre (in cells).
     """
@@ -43,13 +47,17 @@ class GridState:
         shape = (capx + 1, capy + 1)
         fb = ti.FieldsBuilder()
         self.size = ti.field(ti.i32)
-        fb.dense(ti.i, 4).place(self.size)
+        fb.dense(ti.i, 5).place(self.size)
         for name in _SCALARS:
             f = ti.field(ti.f32)
             fb.dense(ti.ij, shape).place(f)
             setattr(self, name, f)
         self.fixed = ti.field(ti.u8)
         fb.dense(ti.ij, shape).place(self.fixed)
+        self.kind = ti.field(ti.u8)
+        fb.dense(ti.ij, shape).place(self.kind)
+        self.bodies = ti.field(ti.f32)
+        fb.dense(ti.ij, (MAX_BODIES, BODY_COLUMNS)).place(self.bodies)
         self.bt = ti.Vector.field(2, ti.f32)
         fb.dense(ti.ij, shape).place(self.bt)
         fb.finalize()
@@ -59,7 +67,13 @@ class GridState:
 
     def set_size(self, nx: int, ny: int, open_top: bool) -> None:
         self.nx, self.ny = nx, ny
-        self.size.from_numpy(np.array([nx, ny, int(open_top), 0], dtype=np.int32))
+        self.size.from_numpy(np.array([nx, ny, int(open_top), 0, 0], dtype=np.int32))
+        self.kind.fill(0)  # all fluid until sim.solids marks the cells
+
+    def set_bodies(self, table: np.ndarray, count: int) -> None:
+        """The bodies table (MAX_BODIES x BODY_COLUMNS, sim.solids.body_table) with `count` rows live."""
+        self.bodies.from_numpy(table)
+        self.size[4] = count
 
     # ------------------------------------------------------------------ host transfers (reset, resize)
     def read(self, name: str, shape: tuple[int, int]) -> np.ndarray:

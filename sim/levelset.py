@@ -8,6 +8,10 @@ update solve the Eikonal equation |grad phi| = 1 outwards, one ring of cells per
 a frame keep the band that matters (face fractions, volume, the MacCormack band) a distance; the
 far field, warm-started by advection, converges over frames. All of it is one kernel launch.
 
+Solid cells (sim.solids) are neither seeds nor neighbours: the interface and the distance are the
+fluid's, and solid cells keep the values sim.solids.extrapolate gave them. Volume and length count
+fluid cells only.
+
 Volume: each cell holds water fraction w(phi) with a smoothed step of half-width one cell, so the
 water volume is sum(w) h^2 and its change under phi -> phi + c is -c sum(delta) h with delta the
 smoothed delta function: the interface length in cells. The volume correction shifts phi by
@@ -16,23 +20,41 @@ which moves the interface by the same distance everywhere.
 """
 
 import math
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
 import taichi as ti
 
-from .scene import Shape
+from .scene import Box, Shape
+from .solids import is_fluid
 
 
 def initial_phi(shapes: Sequence[Shape], nx: int, ny: int) -> np.ndarray:
-    """phi at cell centres from the shapes applied in order onto an all-air domain (not yet a distance)."""
+    """phi at cell centres from the water and air shapes applied in order onto an all-air domain (not yet a
+    distance; solid shapes are sim.solids')."""
     h = 1.0 / ny
     x, y = np.meshgrid((np.arange(nx) + 0.5) * h, (np.arange(ny) + 0.5) * h, indexing="ij", sparse=True)
     phi = np.full((nx, ny), max_distance(nx, ny))
     for shape in shapes:
-        d = shape.sdf(x, y)
+        if shape.phase == "solid":
+            continue
+        d = _across_walls(shape, nx / ny).sdf(x, y)
         phi = np.minimum(phi, d) if shape.phase == "water" else np.maximum(phi, -d)
     return phi
+
+
+def _across_walls(shape: Shape, width: float) -> Shape:
+    """A box whose sides reach the domain's walls, extended past them: the walls are not part of the interface,
+    so the distance near them is to the box's other sides (a pool filling the tank has a flat surface up to
+    the walls, not one bent down within half a cell of them)."""
+    if not isinstance(shape, Box):
+        return shape
+    (x0, y0), (x1, y1) = shape.min, shape.max
+    far = width + 1.0
+    lo = (x0 - far if x0 <= 0.0 else x0, y0 - far if y0 <= 0.0 else y0)
+    hi = (x1 + far if x1 >= width else x1, y1 + far if y1 >= 1.0 else y1)
+    return replace(shape, min=lo, max=hi)
 
 
 def max_distance(nx: int, ny: int) -> float:
@@ -79,7 +101,8 @@ def _crossing(c: ti.f32, n: ti.f32, d: ti.f32) -> ti.f32:
 
 @ti.func
 def _seed(s: ti.template(), nx: ti.i32, ny: ti.i32, h: ti.f32):
-    """phi_a = distance to the interface at cells next to it (fixed = 1), phi elsewhere (fixed = 0).
+    """phi_a = distance to the interface at cells next to it (fixed = 1), phi elsewhere (fixed = 0; solid
+    cells: fixed = 1, phi as it is).
 
     The interface crosses a cell's edges where linear interpolation of phi vanishes; with the
     nearest crossings at fractions dx (along x) and dy (along y) of a cell, the distance is dx dy /
@@ -88,17 +111,19 @@ def _seed(s: ti.template(), nx: ti.i32, ny: ti.i32, h: ti.f32):
     for i in range(nx):
         for j in range(ny):
             c = s.phi[i, j]
+            fluid = is_fluid(s, i, j)
             dx = 2.0
             dy = 2.0
-            if i > 0:
-                dx = _crossing(c, s.phi[i - 1, j], dx)
-            if i < nx - 1:
-                dx = _crossing(c, s.phi[i + 1, j], dx)
-            if j > 0:
-                dy = _crossing(c, s.phi[i, j - 1], dy)
-            if j < ny - 1:
-                dy = _crossing(c, s.phi[i, j + 1], dy)
-            crossing = c == 0.0 or dx < 2.0 or dy < 2.0
+            if fluid:
+                if i > 0 and is_fluid(s, i - 1, j):
+                    dx = _crossing(c, s.phi[i - 1, j], dx)
+                if i < nx - 1 and is_fluid(s, i + 1, j):
+                    dx = _crossing(c, s.phi[i + 1, j], dx)
+                if j > 0 and is_fluid(s, i, j - 1):
+                    dy = _crossing(c, s.phi[i, j - 1], dy)
+                if j < ny - 1 and is_fluid(s, i, j + 1):
+                    dy = _crossing(c, s.phi[i, j + 1], dy)
+            crossing = fluid and (c == 0.0 or dx < 2.0 or dy < 2.0)
             out = c
             if crossing:
                 d = ti.min(dx, dy)
@@ -106,25 +131,25 @@ def _seed(s: ti.template(), nx: ti.i32, ny: ti.i32, h: ti.f32):
                     d = dx * dy / ti.max(ti.sqrt(dx * dx + dy * dy), 1e-12)
                 out = ti.math.sign(c) * d * h
             s.phi_a[i, j] = out
-            s.fixed[i, j] = ti.cast(crossing, ti.u8)
+            s.fixed[i, j] = ti.cast(crossing or not fluid, ti.u8)
 
 
 @ti.func
 def _godunov(s: ti.template(), src: ti.template(), i: ti.i32, j: ti.i32, nx: ti.i32, ny: ti.i32, h: ti.f32,
              cap: ti.f32) -> ti.f32:
-    """Cell (i, j) updated from its neighbours in src (interface cells keep their seed)."""
+    """Cell (i, j) updated from its fluid neighbours in src (interface and solid cells keep their seed)."""
     c = src[i, j]
     out = c
     if s.fixed[i, j] == 0:
         a = cap
         b = cap
-        if i > 0:
+        if i > 0 and is_fluid(s, i - 1, j):
             a = ti.abs(src[i - 1, j])
-        if i < nx - 1:
+        if i < nx - 1 and is_fluid(s, i + 1, j):
             a = ti.min(a, ti.abs(src[i + 1, j]))
-        if j > 0:
+        if j > 0 and is_fluid(s, i, j - 1):
             b = ti.abs(src[i, j - 1])
-        if j < ny - 1:
+        if j < ny - 1 and is_fluid(s, i, j + 1):
             b = ti.min(b, ti.abs(src[i, j + 1]))
         out = ti.math.sign(c) * ti.min(eikonal(a, b, h), cap)
     return out
@@ -141,7 +166,8 @@ def _jacobi(s: ti.template(), src: ti.template(), dst: ti.template(), nx: ti.i32
 @ti.kernel
 def reinitialize(s: ti.template(), dphi: ti.f32) -> ti.math.vec2:
     """Rebuild phi as a distance around its zero level set (seed, three Jacobi updates: one launch), then add
-    dphi (domain units; the volume correction's shift). Returns (water volume, interface length) in cells.
+    dphi (domain units; the volume correction's shift). Returns (water volume, interface length) in cells, over
+the fluid cells.
 
     Its buffers are phi_a and phi_f: advection's results, dead once the projection has taken them."""
     nx, ny = s.size[0], s.size[1]
@@ -158,8 +184,9 @@ def reinitialize(s: ti.template(), dphi: ti.f32) -> ti.math.vec2:
         for j in range(ny):
             out = _godunov(s, s.phi_a, i, j, nx, ny, h, cap) + dphi
             s.phi[i, j] = out
-            row_vol += water_fraction(out / h)
-            row_len += smoothed_delta(out / h)
+            if is_fluid(s, i, j):
+                row_vol += water_fraction(out / h)
+                row_len += smoothed_delta(out / h)
         vol += row_vol
         length += row_len
     return ti.math.vec2(vol, length)

@@ -72,6 +72,8 @@ SUBSTEPS = Range(1, 64, integer=True)  # substep cap per frame
 COORDINATE = Range(-100.0, 100.0)  # shape positions and normals, domain units
 RADIUS = Range(0.0, 100.0, above=True)  # circle radius, domain units
 VELOCITY = Range(-100.0, 100.0)  # initial shape velocity components, m/s
+PERIOD = Range(0.0, 1000.0, above=True)  # a body's oscillation period, s
+BODY_SPEED = Range(0.0, 20.0)  # how fast the mouse may move a body, m/s (faster drags are slowed to this)
 FRAMES = Range(1, 1_000_000, integer=True)  # frame counts on the command line (--frames, --dump-every)
 RECORD_FPS = Range(1.0, 240.0)  # frames per second of a recording (--record-fps)
 PUSH = Range(-100.0, 100.0)  # velocity one push adds (Simulation.push), m/s

@@ -24,7 +24,7 @@ from precond import estimate_memory
 GB = 1e9
 PROCESS_BYTES = 450_000_000  # resident after importing torch and Taichi and starting Taichi (measured: 333 MB;
 #                               a whole headless dam break at 128x64 with mgpcg peaks at 408 MB)
-FIELD_BYTES = 49  # per (capx + 1) x (capy + 1) cell: sim.grid.bytes_per_capacity_cell()
+FIELD_BYTES = 54  # per (capx + 1) x (capy + 1) cell: sim.grid.bytes_per_capacity_cell()
 PARTICLE_BYTES = 84  # the same, for APIC's particles: sim.apic.bytes_per_capacity_cell()
 FRAME_BYTES = 76  # per cell: system + b (32), pressure and first guess (16), display fields (28)
 RESET_BYTES = 200  # per cell: the peak numpy arrays of a reset or resize (measured: 120 to 170)

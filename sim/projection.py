@@ -10,6 +10,10 @@ coefficients (walls: 0; the open top: p = 0 outside, so its coefficient goes on 
 only) and b = -(sum of outward u* fluxes), in velocity units. After the solve the divergence
 of u is exactly the residual b - A p_hat, up to float32 rounding of the velocity.
 
+A face touching a solid cell (sim.solids) has coefficient 0 and keeps the solid's velocity, which
+sim.solids.impose put in u*; a solid cell's row is the identity with right-hand side 0, and so is the
+row of a fluid cell closed on all four sides, whose pressure nothing sets (the PoissonSystem contract).
+
 Gravity (sim.forces) is in u* on every vertical face and is balanced by the same face
 coefficient, so a flat interface at rest stays at rest to solver tolerance.
 
@@ -19,6 +23,7 @@ pressure (BAD_PRESSURE) and the projected velocity, which reaches the state only
 import taichi as ti
 
 from .checks import BAD_PRESSURE, BAD_SYSTEM, finite, finite64, report, scan_point
+from .solids import is_fluid
 
 
 @ti.func
@@ -34,7 +39,8 @@ def face_coefficient(a: ti.f32, b: ti.f32, inv_ratio: ti.f32) -> ti.f32:
 
 @ti.kernel
 def assemble(s: ti.template(), system: ti.types.ndarray(dtype=ti.f64, ndim=3), inv_ratio: ti.f32) -> ti.math.vec2:
-    """cu, cv = face coefficients from phi_a; system[0..3] = diag, cx, cy, b.
+    """cu, cv = face coefficients from phi_a; system[0..4] = diag, cx, cy, b and the cells with an unknown
+    (1.0, others 0.0).
 
     Reports (0, BAD_SYSTEM if any of them is not finite)."""
     nx, ny, open_top = s.size[0], s.size[1], s.size[2]
@@ -42,30 +48,39 @@ def assemble(s: ti.template(), system: ti.types.ndarray(dtype=ti.f64, ndim=3), i
     for i in range(nx):
         for j in range(ny):
             c = s.phi_a[i, j]
+            fluid = is_fluid(s, i, j)
             ce = 0.0
             cn = 0.0
-            if i < nx - 1:
-                ce = face_coefficient(c, s.phi_a[i + 1, j], inv_ratio)
-            if j < ny - 1:
-                cn = face_coefficient(c, s.phi_a[i, j + 1], inv_ratio)
-            elif open_top == 1:
-                cn = face_coefficient(c, c, inv_ratio)
+            if fluid:
+                if i < nx - 1 and is_fluid(s, i + 1, j):
+                    ce = face_coefficient(c, s.phi_a[i + 1, j], inv_ratio)
+                if j < ny - 1:
+                    if is_fluid(s, i, j + 1):
+                        cn = face_coefficient(c, s.phi_a[i, j + 1], inv_ratio)
+                elif open_top == 1:
+                    cn = face_coefficient(c, c, inv_ratio)
             cw = 0.0
             cs = 0.0
-            if i > 0:
-                cw = face_coefficient(s.phi_a[i - 1, j], c, inv_ratio)
-            if j > 0:
-                cs = face_coefficient(s.phi_a[i, j - 1], c, inv_ratio)
+            if fluid:
+                if i > 0 and is_fluid(s, i - 1, j):
+                    cw = face_coefficient(s.phi_a[i - 1, j], c, inv_ratio)
+                if j > 0 and is_fluid(s, i, j - 1):
+                    cs = face_coefficient(s.phi_a[i, j - 1], c, inv_ratio)
             # Sum in float64 so that a closed box's rows sum to zero to rounding (its null space is detected).
             diag = ti.cast(ce, ti.f64) + ti.cast(cw, ti.f64) + ti.cast(cn, ti.f64) + ti.cast(cs, ti.f64)
             flux = (ti.cast(s.us[i + 1, j], ti.f64) - ti.cast(s.us[i, j], ti.f64)
                     + ti.cast(s.vs[i, j + 1], ti.f64) - ti.cast(s.vs[i, j], ti.f64))
+            unknown = diag > 0.0
+            if not unknown:  # a solid cell, or a fluid one closed on every side: an identity row
+                diag = 1.0
+                flux = 0.0
             system[0, i, j] = diag
             system[1, i, j] = ce
             system[2, i, j] = 0.0
             if j < ny - 1:
                 system[2, i, j] = cn
             system[3, i, j] = -flux
+            system[4, i, j] = ti.cast(unknown, ti.f64)
             s.cu[i + 1, j] = ce
             s.cv[i, j + 1] = cn
             if i == 0:

@@ -14,13 +14,19 @@ with x to the right and y up. Every field but `shapes` is optional; the ranges a
       - {type: box, min: [x, y], max: [x, y], phase: water}
       - {type: circle, center: [x, y], radius: r, phase: air, velocity: [u, v]}
       - {type: halfplane, point: [x, y], normal: [nx, ny], phase: water}   # fills the side against the normal
+      - {type: polygon, points: [[x, y], [x, y], [x, y], ...], phase: solid}  # 3 to POLYGON_POINTS corners
+      - {type: box, min: [x, y], max: [x, y], phase: solid, motion: {amplitude: [ax, ay], period: T}}
     solver: {method: mgpcg, tol: 1e-6, maxiter: null, compiled: false}   # method: one of the names the caller allows
     time: {frame_dt: 1/60, cfl: 3, max_substeps: 8}
     volume_correction: true         # keep the water volume by a global level-set shift each frame
     transport: semi_lagrangian      # velocity transport (TRANSPORTS)
 
-Shapes: `phase` is water (default) or air; `velocity` (m/s, optional) sets the initial velocity
-inside the shape. Numbers may be written `1e-6` or `1/60` (YAML 1.1 would read those as text).
+Shapes: `phase` is water (default), air or solid; `velocity` (m/s, optional) sets the initial velocity
+inside a water or air shape. Water and air shapes also clear the solid under them, so a later
+air box carves a hole or a channel out of an earlier solid. A polygon's inside is given by the
+even-odd rule. A solid box or circle with `motion` is a body (sim.solids): it moves as a kinematic
+boundary, `motion: free` where only the mouse moves it, `{amplitude: [ax, ay], period: T}` for
+the oscillation x(t) = x0 + a sin(2 pi t / T) (a wave maker), which the mouse can also move about. Numbers may be written `1e-6` or `1/60` (YAML 1.1 would read those as text).
 The file is read as sim.bounded_yaml describes (safe loading within size, depth and alias bounds).
 The solver names come from the caller (the solver registry, `precond.METHODS`), so reading a
 scene needs no solver code. A bad file raises `SceneError` with one line naming the file, the
@@ -43,9 +49,11 @@ from . import bounded_yaml, limits
 from .limits import Range, brief, cut
 
 Vec2 = tuple[float, float]
-PHASES = ("water", "air")
+PHASES = ("water", "air", "solid")
 TOPS = ("wall", "open")
 TRANSPORTS = ("semi_lagrangian", "apic")  # velocity transport schemes (sim.advect, sim.apic)
+POLYGON_POINTS = 256  # corners a polygon may have
+MAX_BODIES = 8  # moving solids (shapes with motion) in a scene, and bodies the mouse may add
 _NUMBER_TEXT = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
 _FRACTION_TEXT = re.compile(r"\s*([-+]?(?:\d+\.?\d*|\.\d+))\s*/\s*(\d+\.?\d*|\.\d+)\s*")
 
@@ -70,6 +78,19 @@ class Boundary:
 
 
 @dataclass(frozen=True)
+class Motion:
+    """A body's scripted motion about where it is placed: x(t) = x0 + amplitude sin(2 pi t / period);
+    amplitude (0, 0) is a free body, moved only by the mouse."""
+
+    amplitude: Vec2 = (0.0, 0.0)
+    period: float = 1.0
+
+    def offset(self, t: float) -> Vec2:
+        s = math.sin(2.0 * math.pi * t / self.period)
+        return self.amplitude[0] * s, self.amplitude[1] * s
+
+
+@dataclass(frozen=True)
 class Box:
     """Axis-aligned box from `min` to `max` (domain units)."""
 
@@ -77,6 +98,7 @@ class Box:
     max: Vec2
     phase: str = "water"
     velocity: Optional[Vec2] = None
+    motion: Optional[Motion] = None
 
     def sdf(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Signed distance, negative inside."""
@@ -95,6 +117,7 @@ class Circle:
     radius: float
     phase: str = "water"
     velocity: Optional[Vec2] = None
+    motion: Optional[Motion] = None
 
     def sdf(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Signed distance, negative inside."""
@@ -116,7 +139,40 @@ class HalfPlane:
         return ((x - self.point[0]) * self.normal[0] + (y - self.point[1]) * self.normal[1]) / n
 
 
-Shape = Union[Box, Circle, HalfPlane]
+@dataclass(frozen=True)
+class Polygon:
+    """A closed polygon through `points` (domain units; inside by the even-odd rule)."""
+
+    points: tuple[Vec2, ...]
+    phase: str = "water"
+    velocity: Optional[Vec2] = None
+
+    def sdf(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Signed distance, negative inside: distance to the nearest edge, signed by crossing parity."""
+        x, y = np.broadcast_arrays(x, y)
+        dist = np.full(x.shape, np.inf)
+        inside = np.zeros(x.shape, dtype=bool)
+        for (ax, ay), (bx, by) in zip(self.points, self.points[1:] + self.points[:1]):
+            ex, ey = bx - ax, by - ay
+            t = np.clip(((x - ax) * ex + (y - ay) * ey) / (ex * ex + ey * ey), 0.0, 1.0)
+            dist = np.minimum(dist, np.hypot(x - ax - t * ex, y - ay - t * ey))
+            crosses = (ay > y) != (by > y)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                inside ^= crosses & (x < ax + (y - ay) * ex / np.where(ey == 0.0, 1.0, ey))
+        return np.where(inside, -dist, dist)
+
+
+def polygon_area(points: tuple[Vec2, ...]) -> float:
+    """The shoelace area (signed by orientation)."""
+    return 0.5 * sum(ax * by - bx * ay for (ax, ay), (bx, by) in zip(points, points[1:] + points[:1]))
+
+
+Shape = Union[Box, Circle, HalfPlane, Polygon]
+
+
+def is_body(shape: Shape) -> bool:
+    """A moving solid (a box or circle with motion), as opposed to the fixed geometry."""
+    return getattr(shape, "motion", None) is not None
 
 
 @dataclass(frozen=True)
@@ -262,10 +318,36 @@ def _to_number(value: Any) -> Optional[float]:
 
 
 _SHAPE_KEYS = {
-    "box": ("type", "min", "max", "phase", "velocity"),
-    "circle": ("type", "center", "radius", "phase", "velocity"),
+    "box": ("type", "min", "max", "phase", "velocity", "motion"),
+    "circle": ("type", "center", "radius", "phase", "velocity", "motion"),
     "halfplane": ("type", "point", "normal", "phase", "velocity"),
+    "polygon": ("type", "points", "phase", "velocity"),
 }
+_REQUIRED = {"box": ("min", "max"), "circle": ("center", "radius"), "halfplane": ("point", "normal"),
+             "polygon": ("points",)}
+
+
+def _motion(r: _Reader, raw: Any, path: str) -> Motion:
+    if raw == "free":
+        return Motion()
+    m = r.mapping(raw, path, ("amplitude", "period")) if isinstance(raw, dict) else None
+    if m is None:
+        raise r.error(path, "free or a mapping {amplitude: [ax, ay], period: T}", raw)
+    for key in ("amplitude", "period"):
+        if key not in m:
+            raise SceneError(f"{r.source}: {path}.{key}: missing; a scripted motion needs amplitude and period")
+    return Motion(r.vec2(m["amplitude"], f"{path}.amplitude", limits.COORDINATE),
+                  r.number(m["period"], f"{path}.period", limits.PERIOD))
+
+
+def _points(r: _Reader, raw: Any, path: str) -> tuple[Vec2, ...]:
+    expected = f"a list of 3 to {POLYGON_POINTS} corners [x, y]"
+    if not isinstance(raw, list) or not 3 <= len(raw) <= POLYGON_POINTS:
+        raise r.error(path, expected, raw)
+    points = tuple(r.vec2(p, f"{path}[{k}]", limits.COORDINATE) for k, p in enumerate(raw))
+    if abs(polygon_area(points)) <= 1e-12:
+        raise r.error(path, "corners that enclose an area (not all on one line)", raw)
+    return points
 
 
 def _shape(r: _Reader, raw: Any, path: str) -> Shape:
@@ -275,19 +357,26 @@ def _shape(r: _Reader, raw: Any, path: str) -> Shape:
         raise SceneError(f"{r.source}: {path}.type: missing; expected one of {', '.join(_SHAPE_KEYS)}")
     kind = r.choice(raw["type"], f"{path}.type", tuple(_SHAPE_KEYS))
     m = r.mapping(raw, path, _SHAPE_KEYS[kind])
-    for key in _SHAPE_KEYS[kind][1:3]:
+    for key in _REQUIRED[kind]:
         if key not in m:
-            raise SceneError(f"{r.source}: {path}.{key}: missing; a {kind} needs {' and '.join(_SHAPE_KEYS[kind][1:3])}")
+            raise SceneError(f"{r.source}: {path}.{key}: missing; a {kind} needs {' and '.join(_REQUIRED[kind])}")
     phase = r.choice(m.get("phase", "water"), f"{path}.phase", PHASES)
     velocity = r.vec2(m["velocity"], f"{path}.velocity", limits.VELOCITY) if m.get("velocity") is not None else None
+    if velocity is not None and phase == "solid":
+        raise r.error(f"{path}.velocity", "no velocity on a solid (a moving solid takes motion)", m["velocity"])
+    motion = _motion(r, m["motion"], f"{path}.motion") if m.get("motion") is not None else None
+    if motion is not None and phase != "solid":
+        raise r.error(f"{path}.motion", f"motion only on a solid (this {kind} is {phase})", m["motion"])
     if kind == "box":
         lo, hi = r.vec2(m["min"], f"{path}.min", limits.COORDINATE), r.vec2(m["max"], f"{path}.max", limits.COORDINATE)
         if not (lo[0] < hi[0] and lo[1] < hi[1]):
             raise r.error(f"{path}.max", f"a corner above and to the right of min {list(lo)}", m["max"])
-        return Box(lo, hi, phase, velocity)
+        return Box(lo, hi, phase, velocity, motion)
     if kind == "circle":
         return Circle(r.vec2(m["center"], f"{path}.center", limits.COORDINATE),
-                      r.number(m["radius"], f"{path}.radius", limits.RADIUS), phase, velocity)
+                      r.number(m["radius"], f"{path}.radius", limits.RADIUS), phase, velocity, motion)
+    if kind == "polygon":
+        return Polygon(_points(r, m["points"], f"{path}.points"), phase, velocity)
     normal = r.vec2(m["normal"], f"{path}.normal", limits.COORDINATE)
     if normal == (0.0, 0.0):
         raise r.error(f"{path}.normal", "a nonzero direction [nx, ny]", m["normal"])
@@ -323,6 +412,10 @@ def parse_scene(data: Any, source: str, *, methods: Collection[str], default_nam
     shapes = m.get("shapes", [])
     if not isinstance(shapes, list):
         raise r.error("shapes", "a list of shapes", shapes)
+    shapes = tuple(_shape(r, raw, f"shapes[{k}]") for k, raw in enumerate(shapes))
+    if sum(is_body(shape) for shape in shapes) > MAX_BODIES:
+        raise r.error("shapes", f"at most {MAX_BODIES} solids with motion",
+                      f"{sum(is_body(shape) for shape in shapes)} of them")
     return Scene(
         name=r.text(m.get("name", default_name), "name"),
         description=r.text(m.get("description", ""), "description"),
@@ -330,7 +423,7 @@ def parse_scene(data: Any, source: str, *, methods: Collection[str], default_nam
         ratio=r.number(m.get("ratio", Scene.ratio), "ratio", limits.RATIO),
         gravity=r.number(m.get("gravity", Scene.gravity), "gravity", limits.GRAVITY),
         boundary=Boundary(r.choice(b.get("top", Boundary.top), "boundary.top", TOPS)),
-        shapes=tuple(_shape(r, raw, f"shapes[{k}]") for k, raw in enumerate(shapes)),
+        shapes=shapes,
         solver=solver,
         time=time,
         volume_correction=r.boolean(m.get("volume_correction", True), "volume_correction"),

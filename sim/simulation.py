@@ -4,7 +4,10 @@ A frame of `scene.time.frame_dt` is split into substeps by the CFL condition (ve
 gravity), at most `max_substeps`. Each substep advects velocity (the scene's `transport`:
 semi-Lagrangian, or APIC with particles, sim.apic) and the level set (MacCormack), adds gravity,
 assembles A p = b (sim.projection), solves it with the precond solver (warm-started from the last
-pressure) and projects. After the last substep the level set is reinitialised and, if enabled, its
+pressure) and projects. Solids (sim.solids) are cells of the grid: each substep the bodies move to
+where they are at its end, the cells are marked, u* takes the solids' velocities on their faces
+before the system is assembled, and phi is extrapolated into the solid cells after the projection.
+After the last substep the level set is reinitialised and, if enabled, its
 volume corrected; APIC's particles are then culled and reseeded. Every kernel that reads or writes the
 state checks it (sim.checks): a non-finite or absurd value stops the step with SimulationError
 before it reaches the state. A frame whose substep cap forces a CFL number above limits.CFL.hi
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -22,13 +25,13 @@ import torch
 import precond
 from precond import PoissonSystem, SolveResult
 
-from . import apic, backend, grid, levelset, limits, memory
+from . import apic, backend, grid, levelset, limits, memory, solids
 from .advect import advect_and_add_gravity
 from .checks import FLAG_NAMES, check
 from .fields import FIELD_NAMES, cell_fields
 from .forces import push
 from .projection import assemble, project
-from .scene import Scene
+from .scene import MAX_BODIES, Box, Circle, Scene, is_body
 from .stats import FrameClock, FrameStats
 
 BAND_CELLS = 8.0  # MacCormack runs within this many cells of the interface
@@ -81,6 +84,10 @@ class Simulation:
         self._vmax = 0.0  # largest |u|, |v| of the state: sets the next substep's length
         self._x_prev: Optional[torch.Tensor] = None  # the last solve's pressure, the next one's first guess
         self._dt_prev = 1.0  # the substep _x_prev was solved for
+        self._unknown: Optional[torch.Tensor] = None  # 1.0 at the last system's cells with a pressure unknown
+        self._bodies: list[solids.Body] = []  # the moving solids, where their motion starts from
+        self._drift: list[tuple[float, float]] = []  # each body's velocity from the mouse this frame
+        self._solid = False  # any solid cell (fixed or body) to mark, impose and extrapolate
         self.reset()
 
     @classmethod
@@ -116,9 +123,28 @@ class Simulation:
                 v[shape.sdf(vx, vy) < 0.0] = shape.velocity[1]
         self.frame = 0
         self.time = 0.0
+        self._bodies = [solids.Body.from_shape(shape) for shape in self._scene.shapes if is_body(shape)]
+        self._drift = [(0.0, 0.0)] * len(self._bodies)
+        solid = self._place_solids()
         phi = levelset.initial_phi(self._scene.shapes, nx, ny)
+        if solid is not None:
+            phi = solids.fill_from_fluid(phi, solid)
         self.restore({"phi": phi, "u": u, "v": v, "p": np.zeros((nx, ny))})
         self._target = self._volume
+
+    def _place_solids(self) -> Optional[np.ndarray]:
+        """Write the fixed geometry at this grid's resolution and the bodies where they are now, mark the
+        cells; the solid cells as a bool array (None when there are none)."""
+        fixed = solids.fixed_solid(self._scene.shapes, self.nx, self.ny)
+        self._grid.write("solid", np.ones((self.nx, self.ny)) if fixed is None else fixed)
+        self._write_bodies(self.time, 0.0)
+        self._solid = solids.mark(self._grid) > 0 or bool(self._bodies)
+        return self._grid.kind.to_numpy()[: self.nx, : self.ny] != solids.FLUID if self._solid else None
+
+    def _write_bodies(self, t: float, dt: float) -> None:
+        """The bodies table for a substep from t to t + dt (dt 0: where they are at t, at rest)."""
+        table = solids.body_table(self._bodies, t, dt, self._drift if dt > 0.0 else [(0.0, 0.0)] * len(self._bodies))
+        self._grid.set_bodies(table, len(self._bodies))
 
     def state(self) -> dict[str, np.ndarray]:
         """The MAC state as float64 copies: phi and p at the cell centres (nx, ny), u on the x-faces
@@ -195,6 +221,7 @@ class Simulation:
                 self._particles = grid.acquire(self, nx, ny, apic.Particles)
         self._grid.set_size(nx, ny, self._scene.open_top)
         self.nx, self.ny = nx, ny
+        self._place_solids()
         self.restore(grid.resample_state(old, cells, (nx, ny)))
 
     def add_water(self, x: float, y: float, radius: float) -> None:
@@ -217,6 +244,43 @@ class Simulation:
             if d not in limits.PUSH:
                 raise ValueError(f"{name}: expected {limits.PUSH.expected()} m/s, got {d!r}")
         self._vmax = max(self._vmax, float(push(self._grid, x, y, radius, du, dv)))
+
+    def add_body(self, shape: Union[Box, Circle]) -> int:
+        """Add a moving solid (a box or circle, domain units; its motion, or free) where it is; its index.
+
+        Water under it becomes solid from the next substep on. At most scene.MAX_BODIES bodies."""
+        if not isinstance(shape, (Box, Circle)):
+            raise TypeError(f"a body is a sim.scene.Box or Circle, got {type(shape).__name__}")
+        if len(self._bodies) >= MAX_BODIES:
+            raise ValueError(f"bodies: expected at most {MAX_BODIES}, got one more")
+        self._bodies.append(solids.Body.from_shape(shape))
+        self._drift.append((0.0, 0.0))
+        self._solid = True
+        self._write_bodies(self.time, 0.0)
+        solids.mark(self._grid)
+        return len(self._bodies) - 1
+
+    def body_at(self, x: float, y: float) -> Optional[int]:
+        """The index of the last-added body containing (x, y) (domain units), or None."""
+        hits = [k for k, body in enumerate(self._bodies) if body.contains(x, y, self.time)]
+        return hits[-1] if hits else None
+
+    def move_body(self, index: int, x: float, y: float) -> None:
+        """Move body `index` so that its centre (about which its motion plays) reaches (x, y) over the next
+        frame, at most limits.BODY_SPEED fast: the fluid feels it as a wall moving at that velocity."""
+        _check_finite(x=x, y=y)
+        if not 0 <= index < len(self._bodies):
+            raise ValueError(f"body index: expected 0 to {len(self._bodies) - 1}, got {index!r}")
+        cx, cy = self._bodies[index].centre(self.time)
+        frame_dt = self._scene.time.frame_dt
+        du, dv = (x - cx) / frame_dt, (y - cy) / frame_dt
+        speed = math.hypot(du, dv)
+        scale = min(1.0, limits.BODY_SPEED.hi / speed) if speed > 0.0 else 0.0
+        self._drift[index] = (du * scale, dv * scale)
+
+    def body_centres(self) -> list[tuple[float, float]]:
+        """Where each body's centre is now (domain units)."""
+        return [body.centre(self.time) for body in self._bodies]
 
     # ------------------------------------------------------------------ readout
     def particle_count(self) -> int:
@@ -247,12 +311,16 @@ class Simulation:
             cfl = max(cfl, self._vmax * dt / self._h)
             with clock.phase("advect"):
                 self._advect_and_add_gravity(dt)
+                if self._solid:
+                    self._move_solids(dt)
             with clock.phase("assemble"):
                 system, b = self._assemble()
             with clock.phase("solve"):
                 result = self._solve(system, b, dt)
             with clock.phase("project"):
                 self._project(result, dt)
+                if self._solid:
+                    solids.extrapolate(self._grid)
             solves.append(result)
             self.time += dt
             remaining -= dt
@@ -261,6 +329,7 @@ class Simulation:
             if self._particles is not None:
                 apic.maintain(self._grid, self._particles, self.frame + 1)
         self.frame += 1
+        self._drift = [(0.0, 0.0)] * len(self._bodies)
         stats = clock.stats(self.frame, self.time, dt, cfl, cfl > limits.CFL.hi, solves, self._volume)
         if on_system is not None:
             on_system(system, b)
@@ -269,7 +338,8 @@ class Simulation:
     def _substep_dt(self, remaining: float, substeps: int) -> float:
         """The next substep: what is left of the frame in equal CFL-sized parts, within the substep cap."""
         settings = self._scene.time
-        parts = math.ceil(remaining / _cfl_dt(self._vmax, self._scene.gravity, settings.cfl, self._h) - 1e-9)
+        vmax = max([self._vmax] + [body.speed + math.hypot(*drift) for body, drift in zip(self._bodies, self._drift)])
+        parts = math.ceil(remaining / _cfl_dt(vmax, self._scene.gravity, settings.cfl, self._h) - 1e-9)
         return remaining / max(1, min(parts, settings.max_substeps - substeps))
 
     def _advect_and_add_gravity(self, dt: float) -> None:
@@ -281,14 +351,23 @@ class Simulation:
         if self._particles is not None:
             apic.transfer(self._grid, self._particles, dt / h, self._scene.gravity * dt)
 
+    def _move_solids(self, dt: float) -> None:
+        """Bodies to where they are at the end of the substep, cells marked, u* set on the solids' faces."""
+        self._write_bodies(self.time, dt)
+        solids.mark(self._grid)
+        solids.impose(self._grid)
+        self._bodies = [body.moved(du * dt, dv * dt) for body, (du, dv) in zip(self._bodies, self._drift)]
+
     def _assemble(self) -> tuple[PoissonSystem, torch.Tensor]:
-        packed = torch.empty((4, self.nx, self.ny), dtype=torch.float64, device=self._torch_device)
+        packed = torch.empty((5, self.nx, self.ny), dtype=torch.float64, device=self._torch_device)
         self._guard(assemble(self._grid, packed, 1.0 / self.ratio), "after advection and gravity")
+        self._unknown = packed[4].reshape(-1)
         return PoissonSystem(packed[0], packed[1], packed[2]), packed[3].reshape(-1)
 
     def _solve(self, system: PoissonSystem, b: torch.Tensor, dt: float) -> SolveResult:
-        """The pressure, warm-started from the last one (rescaled: the solution scales with dt)."""
-        x0 = None if self._x_prev is None else self._x_prev * (dt / self._dt_prev)
+        """The pressure, warm-started from the last one (rescaled: the solution scales with dt; 0 in the
+        identity rows of solid cells)."""
+        x0 = None if self._x_prev is None else self._x_prev * (dt / self._dt_prev) * self._unknown
         return self.solver.solve(system, b, x0=x0)
 
     def _project(self, result: SolveResult, dt: float) -> None:

@@ -213,7 +213,7 @@ def test_dump_fields_writes_the_chosen_frames_with_their_fields_and_time(tmp_pat
     frames = {f["frame"]: f for f in map(json.loads, stats.read_text().splitlines())}
     for name in names:
         with np.load(out / name) as z:
-            assert set(z.files) == {"phi", "u", "v", "pressure", "rho", "time", "frame", "h", "ratio", "gravity"}
+            assert set(z.files) == {"phi", "u", "v", "pressure", "rho", "solid", "time", "frame", "h", "ratio", "gravity"}
             for key in ("phi", "u", "v", "pressure", "rho"):
                 assert z[key].shape == (32, 16) and np.isfinite(z[key]).all(), key
             frame, ratio = int(z["frame"]), float(z["ratio"])

@@ -99,7 +99,7 @@ def test_assembly_follows_the_face_rule_and_the_flux_balance(top):
     rng = np.random.default_rng(0)
     state.write("us", rng.standard_normal((nx + 1, ny)))
     state.write("vs", rng.standard_normal((nx, ny + 1)))
-    packed = torch.empty((4, nx, ny), dtype=torch.float64)
+    packed = torch.empty((5, nx, ny), dtype=torch.float64)
     speed, flags = assemble(state, packed, 1e-3)
     assert flags == 0
     ref = two_phase_system(state.read("phi_a", (nx, ny)), 1000.0, open_top=top == "open")
@@ -107,6 +107,7 @@ def test_assembly_follows_the_face_rule_and_the_flux_balance(top):
         np.testing.assert_allclose(packed[k].numpy(), getattr(ref, name).numpy(), rtol=1e-5, atol=1e-7)
     us, vs = state.read("us", (nx + 1, ny)), state.read("vs", (nx, ny + 1))
     np.testing.assert_allclose(packed[3].numpy(), -(us[1:] - us[:-1] + vs[:, 1:] - vs[:, :-1]), rtol=1e-12, atol=1e-12)
+    assert (packed[4] == 1.0).all()  # every cell has an unknown
 
 
 @pytest.mark.parametrize("scene", ["dambreak", "drop"])
@@ -251,7 +252,8 @@ def test_fields_and_stats():
     assert stats.ms_total >= stats.ms_advect + stats.ms_assemble + stats.ms_pcg + stats.ms_project
     assert stats.ms_sim == stats.ms_advect + stats.ms_assemble + stats.ms_project
     f = sim.fields()
-    assert set(f) == {"phi", "rho", "pressure", "speed", "vorticity", "u", "v"}
+    assert set(f) == {"phi", "rho", "pressure", "speed", "vorticity", "u", "v", "solid"}
+    assert not f["solid"].any()  # the dam break has no solids
     for value in f.values():
         assert value.shape == (32, 16) and value.dtype == np.float32
     assert f["rho"].min() >= 1.0 and f["rho"].max() <= 1000.0
