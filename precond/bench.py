@@ -14,10 +14,11 @@ obstacle systems instead of scenes (`obstacles`: all of box, steps, funnel and p
 a held-out family of many small random obstacles), no simulator needed:
 
     python -m precond.bench --synthetic obstacles --sizes 8192 65536 --ratios 1 1000 \
-        --methods jacobi ic0 mgpcg htp --compiled --no-pyamg --no-ablations
+        --methods jacobi ic0 mgpcg htp --compiled htp --no-pyamg --no-ablations --sequence 0
 
 gives the README's table of HTP against mgpcg on obstacle systems. With several scenes or
-kinds, every table has a row per scene (or kind) and N. Every solver sees the same system; after one warm-up solve each, the solvers
+kinds, every table has a row per scene (or kind) and N; the set-up reuse table below needs a
+scene (the first). Every solver sees the same system; after one warm-up solve each, the solvers
 take turns, one solve each per round for `--repeats` rounds, and times are the medians (setup,
 i.e. factorisation or network inference, included): a slow spell of a shared machine falls on
 all of them alike.
