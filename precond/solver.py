@@ -17,7 +17,8 @@ import importlib
 import os
 import time
 import warnings
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -168,20 +169,28 @@ class Solver:
         return (f"compiling the {self.method} solve for {nx}x{ny} (once per grid shape: about a second from "
                 f"the disk cache, up to a minute the first time on this machine)")
 
+    @contextmanager
+    def threads_scope(self, device: torch.device | str = "cpu") -> Iterator[None]:
+        """torch's intra-op threads as this solver's `threads` policy sets them, restored on exit: `solve`
+        runs in it, and a caller building the solver's systems (small tensor work) can run in it too."""
+        threads = 1 if self.threads == "auto" and _LOAD.others_busy() else self.threads
+        if threads in (None, "auto") or torch.device(device).type != "cpu":
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
     def solve(self, system: PoissonSystem, b: torch.Tensor, x0: torch.Tensor | None = None) -> SolveResult:
         """Solve A x = b; falls back (and says so) when the primary method is unavailable or fails.
 
         A singular A (all-Neumann components) is solved on its range: b's null-space part is
         projected out and reported as `rhs_projected` (see pcg)."""
-        threads = 1 if self.threads == "auto" and _LOAD.others_busy() else self.threads
-        if threads in (None, "auto") or system.device.type != "cpu":
+        with self.threads_scope(system.device):
             return self._solve(system, b, x0)
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            return self._solve(system, b, x0)
-        finally:
-            torch.set_num_threads(before)
 
     def _solve(self, system: PoissonSystem, b: torch.Tensor, x0: torch.Tensor | None) -> SolveResult:
         precond = self._primary()

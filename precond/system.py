@@ -27,6 +27,7 @@ from functools import lru_cache
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.csgraph as csgraph
+from scipy import ndimage
 import torch
 
 # A cell is grounded (touches a Dirichlet face) when its Dirichlet weight diag - sum(couplings)
@@ -228,10 +229,9 @@ class PoissonSystem:
         if bool((self.cx[:-1] > 0).all()) and bool((self.cy[:, :-1] > 0).all()):
             # Every neighbour pair is coupled: one component, no graph search needed.
             return None if bool(grounded_cell.any()) else (None, torch.ones(1, dtype=self.dtype, device=self.device))
-        ncomp, labels = csgraph.connected_components(self._graph(), directed=False)
-        labels_t = torch.as_tensor(labels, device=self.device)
-        grounded = torch.zeros(ncomp, dtype=torch.bool, device=self.device)
-        grounded.index_put_((labels_t,), grounded_cell, accumulate=True)
+        ncomp, labels = self._components()
+        labels_t = torch.as_tensor(labels, dtype=torch.long, device=self.device)
+        grounded = torch.bincount(labels_t[grounded_cell], minlength=ncomp) > 0
         if bool(grounded.all()):
             return None
         floating = ~grounded
@@ -245,6 +245,19 @@ class PoissonSystem:
         counts.index_add_(0, cell_label, torch.ones(self.n, dtype=self.dtype, device=self.device))
         torch._dynamo.maybe_mark_dynamic(counts, 0)   # the component count varies: one compiled PCG chunk serves all
         return cell_label, counts
+
+    def _components(self) -> tuple[int, np.ndarray]:
+        """Connected components of A's graph: (count, a label per cell). Where every two neighbouring cells
+        that are not decoupled are coupled (the simulator's systems, solids or not), they are the
+        4-connected regions of those cells, labelled on the grid; the decoupled cells, grounded each by
+        its own diagonal, share label 0. Any other matrix takes a graph search."""
+        live = ~self.decoupled
+        gap_x = live[:-1] & live[1:] & (self.cx[:-1] == 0)
+        gap_y = live[:, :-1] & live[:, 1:] & (self.cy[:, :-1] == 0)
+        if bool(gap_x.any()) or bool(gap_y.any()):
+            return csgraph.connected_components(self._graph(), directed=False)
+        labels, regions = ndimage.label(live.cpu().numpy())
+        return regions + 1, labels.reshape(-1)
 
     @property
     def singular(self) -> bool:

@@ -359,10 +359,13 @@ class Simulation:
         self._bodies = [body.moved(du * dt, dv * dt) for body, (du, dv) in zip(self._bodies, self._drift)]
 
     def _assemble(self) -> tuple[PoissonSystem, torch.Tensor]:
+        """A p = b from the kernel; the PoissonSystem's checks and null space run under the solver's thread
+        policy (small tensors: one thread on a busy machine)."""
         packed = torch.empty((5, self.nx, self.ny), dtype=torch.float64, device=self._torch_device)
         self._guard(assemble(self._grid, packed, 1.0 / self.ratio), "after advection and gravity")
         self._unknown = packed[4].reshape(-1)
-        return PoissonSystem(packed[0], packed[1], packed[2]), packed[3].reshape(-1)
+        with self.solver.threads_scope(self._torch_device):
+            return PoissonSystem(packed[0], packed[1], packed[2]), packed[3].reshape(-1)
 
     def _solve(self, system: PoissonSystem, b: torch.Tensor, dt: float) -> SolveResult:
         """The pressure, warm-started from the last one (rescaled: the solution scales with dt; 0 in the

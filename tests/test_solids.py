@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse.csgraph as csgraph
 import scipy.sparse.linalg as spla
 import torch
 
@@ -227,3 +228,28 @@ def test_obstacle_scenes_run_at_1000_to_1_keeping_volume_without_fallback(name):
     assert abs(sim.water_volume() / start - 1.0) < 0.01
     if name != "wavetank":  # the paddle moves
         np.testing.assert_array_equal(_solid(sim), solid)
+
+
+def test_the_null_space_of_fluid_pockets_walled_in_by_solids_is_each_pocket_constant():
+    """Closed top, a wall splitting the tank in two and a walled-in air pocket: three floating regions,
+    each with its own constant null vector; `project` takes each region's mean out and leaves solids be."""
+    walls = [{"type": "box", "min": [0.9, 0.0], "max": [1.1, 1.0], "phase": "solid"},
+             {"type": "box", "min": [1.4, 0.6], "max": [1.8, 0.9], "phase": "solid"},
+             {"type": "box", "min": [1.5, 0.7], "max": [1.7, 0.8], "phase": "air"}]
+    sim = Simulation(_scene(POOL + walls, nx=40, ny=20), Solver("mgpcg"))
+    _, system, b = _step_keeping_system(sim)
+    solid = _solid(sim)
+    graph = system.to_csr()
+    graph.setdiag(0)
+    graph.eliminate_zeros()
+    _, labels = csgraph.connected_components(graph, directed=False)
+    labels = labels.reshape(solid.shape)
+    regions = {int(k) for k in np.unique(labels[~solid])}
+    assert len(regions) == 3
+    v = torch.randn(system.n, dtype=torch.float64)
+    p = system.project(v).numpy().reshape(solid.shape)
+    for k in regions:
+        assert abs(p[(labels == k) & ~solid].mean()) < 1e-12
+    np.testing.assert_array_equal(p[solid], v.numpy().reshape(solid.shape)[solid])
+    np.testing.assert_allclose(system.matvec(torch.as_tensor(np.where(labels == min(regions), 1.0, 0.0).ravel())), 0,
+                               atol=1e-12)
