@@ -70,11 +70,6 @@ class GridState:
         self.size.from_numpy(np.array([nx, ny, int(open_top), 0, 0], dtype=np.int32))
         self.kind.fill(0)  # all fluid until sim.solids marks the cells
 
-    def set_bodies(self, table: np.ndarray, count: int) -> None:
-        """The bodies table (MAX_BODIES x BODY_COLUMNS, sim.solids.body_table) with `count` rows live."""
-        self.bodies.from_numpy(table)
-        self.size[4] = count
-
     # ------------------------------------------------------------------ host transfers (reset, resize)
     def read(self, name: str, shape: tuple[int, int]) -> np.ndarray:
         return getattr(self, name).to_numpy()[: shape[0], : shape[1]].astype(np.float64)

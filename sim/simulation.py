@@ -137,14 +137,14 @@ class Simulation:
         cells; the solid cells as a bool array (None when there are none)."""
         fixed = solids.fixed_solid(self._scene.shapes, self.nx, self.ny)
         self._grid.write("solid", np.ones((self.nx, self.ny)) if fixed is None else fixed)
-        self._write_bodies(self.time, 0.0)
-        self._solid = solids.mark(self._grid) > 0 or bool(self._bodies)
+        self._solid = self._place_bodies(self.time, 0.0) > 0 or bool(self._bodies)
         return self._grid.kind.to_numpy()[: self.nx, : self.ny] != solids.FLUID if self._solid else None
 
-    def _write_bodies(self, t: float, dt: float) -> None:
-        """The bodies table for a substep from t to t + dt (dt 0: where they are at t, at rest)."""
+    def _place_bodies(self, t: float, dt: float) -> int:
+        """The bodies where they are at the end of a substep from t to t + dt (dt 0: at t, at rest), the cells
+        marked and u* set on the solids' faces (sim.solids.place); the number of solid cells."""
         table = solids.body_table(self._bodies, t, dt, self._drift if dt > 0.0 else [(0.0, 0.0)] * len(self._bodies))
-        self._grid.set_bodies(table, len(self._bodies))
+        return int(solids.place(self._grid, table, len(self._bodies)))
 
     def state(self) -> dict[str, np.ndarray]:
         """The MAC state as float64 copies: phi and p at the cell centres (nx, ny), u on the x-faces
@@ -256,8 +256,7 @@ class Simulation:
         self._bodies.append(solids.Body.from_shape(shape))
         self._drift.append((0.0, 0.0))
         self._solid = True
-        self._write_bodies(self.time, 0.0)
-        solids.mark(self._grid)
+        self._place_bodies(self.time, 0.0)
         return len(self._bodies) - 1
 
     def body_at(self, x: float, y: float) -> Optional[int]:
@@ -353,9 +352,7 @@ class Simulation:
 
     def _move_solids(self, dt: float) -> None:
         """Bodies to where they are at the end of the substep, cells marked, u* set on the solids' faces."""
-        self._write_bodies(self.time, dt)
-        solids.mark(self._grid)
-        solids.impose(self._grid)
+        self._place_bodies(self.time, dt)
         self._bodies = [body.moved(du * dt, dv * dt) for body, (du, dv) in zip(self._bodies, self._drift)]
 
     def _assemble(self) -> tuple[PoissonSystem, torch.Tensor]:

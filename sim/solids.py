@@ -122,26 +122,6 @@ def _inside_body(s: ti.template(), b: ti.i32, x: ti.f32, y: ti.f32) -> bool:
     return inside
 
 
-@ti.kernel
-def mark(s: ti.template()) -> ti.i32:
-    """kind of every cell from the fixed geometry and the bodies table; returns the number of solid cells."""
-    nx, ny, nb = s.size[0], s.size[1], s.size[4]
-    h = 1.0 / ti.cast(ny, ti.f32)
-    solid = 0
-    for i in range(nx):
-        for j in range(ny):
-            k = FLUID
-            if s.solid[i, j] < 0.0:
-                k = FIXED
-            for b in range(nb):
-                if _inside_body(s, b, (i + 0.5) * h, (j + 0.5) * h):
-                    k = 2 + b
-            s.kind[i, j] = ti.cast(k, ti.u8)
-            if k != FLUID:
-                solid += 1
-    return solid
-
-
 @ti.func
 def _face_velocity(s: ti.template(), ka: ti.i32, kb: ti.i32, column: ti.i32, value: ti.f32) -> ti.f32:
     """The velocity component (bodies table `column`) on a face between cells of kinds ka and kb: `value`
@@ -157,9 +137,27 @@ def _face_velocity(s: ti.template(), ka: ti.i32, kb: ti.i32, column: ti.i32, val
 
 
 @ti.kernel
-def impose(s: ti.template()):
-    """u*, v* on every face touching a solid: the solid's velocity (the kinematic boundary)."""
+def place(s: ti.template(), table: ti.types.ndarray(dtype=ti.f32, ndim=2), count: ti.i32) -> ti.i32:
+    """Take the bodies table (body_table's, `count` rows live), mark every cell's kind from the fixed
+    geometry and the bodies, and give u*, v* the solids' velocities on their faces (the kinematic
+    boundary); returns the number of solid cells. One launch: the loops run one after the other."""
     nx, ny, open_top = s.size[0], s.size[1], s.size[2]
+    s.size[4] = count
+    for b, c in ti.ndrange(count, BODY_COLUMNS):
+        s.bodies[b, c] = table[b, c]
+    h = 1.0 / ti.cast(ny, ti.f32)
+    solid = 0
+    for i in range(nx):
+        for j in range(ny):
+            k = FLUID
+            if s.solid[i, j] < 0.0:
+                k = FIXED
+            for b in range(count):
+                if _inside_body(s, b, (i + 0.5) * h, (j + 0.5) * h):
+                    k = 2 + b
+            s.kind[i, j] = ti.cast(k, ti.u8)
+            if k != FLUID:
+                solid += 1
     for i in range(nx + 1):
         for j in range(ny + 1):
             if j < ny and i > 0 and i < nx:
@@ -171,6 +169,7 @@ def impose(s: ti.template()):
             elif i < nx and j == ny and open_top == 1:
                 k = ti.cast(s.kind[i, ny - 1], ti.i32)
                 s.vs[i, j] = _face_velocity(s, k, k, 6, s.vs[i, j])
+    return solid
 
 
 @ti.kernel
