@@ -220,6 +220,22 @@ def test_every_render_mode_draws_a_picture(sim, gl):
     assert_water_and_air(picture)
 
 
+def test_solids_are_drawn_in_their_colour_in_every_render_mode(gl):
+    scene = load_scene(ROOT / "scenes" / "obstacle.yaml", methods=precond.METHODS)
+    obstacle = Simulation.from_scene(scene.with_overrides(methods=precond.METHODS, grid=(64, 32)))
+    obstacle.step()
+    renderer = Renderer(gl)
+    fields = obstacle.fields()
+    target = None
+    for mode in RENDER_MODES:
+        renderer.upload(fields, mode)
+        picture, target = renderer.picture((256, 128), target)
+        block = picture[128 - 12, int(1.08 / 2 * 256)].astype(int)  # inside the block: x 1.0 to 1.16, y 0 to 0.2
+        assert np.abs(block - (107, 92, 77)).max() < 20, mode
+        pillar = picture[128 - int(0.42 * 128), int(1.5 / 2 * 256)].astype(int)
+        assert np.abs(pillar - (107, 92, 77)).max() < 20, mode
+
+
 def test_headless_records_and_screenshots(sim, gl, tmp_path):
     from app.headless import run_headless
     seen = []
@@ -424,6 +440,44 @@ def test_window_screenshot_and_recording(xvfb, tmp_path):
     assert picture.shape == (540, 1080, 3)
     assert_water_and_air(picture)
     assert video_info(video) == (20, (1080, 540))
+
+
+# The window with its view's left button held at domain point (0.5, 0.5) and the drag tool on: imgui's
+# mouse readings are replaced (Xvfb has no pointer to move), everything after them is the viewer's own.
+_DRAG_SCRIPT = """
+import sys
+import app.viewer as viewer
+from app.state import LEFT_TOOLS, ViewerState
+import precond
+from sim.scene import load_scene
+from sim.simulation import Simulation
+viewer.imgui.is_mouse_down = lambda button: button == viewer.imgui.MouseButton_.left
+viewer.imgui.is_item_hovered = lambda *args: True
+viewer.view_to_domain = lambda *args: (0.5, 0.5)
+make = ViewerState.from_simulation.__func__
+def with_drag_tool(cls, sim, mode="phase"):
+    state = make(cls, sim, mode)
+    state.left_tool = LEFT_TOOLS[1]
+    return state
+ViewerState.from_simulation = classmethod(with_drag_tool)
+sim = Simulation.from_scene(load_scene(sys.argv[1], methods=precond.METHODS))
+code = viewer.run_window(sim, frames=10, screenshot=sys.argv[2])
+print("bodies", sim.body_centres())
+sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+def test_the_window_drag_tool_drops_a_solid_disc_under_the_cursor(xvfb, tmp_path):
+    shot = tmp_path / "drag.png"
+    run = subprocess.run([sys.executable, "-c", _DRAG_SCRIPT, str(DAMBREAK), str(shot)], cwd=tmp_path,
+                         env=_env(DISPLAY=xvfb), capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "bodies [(0.5, 0.5)]" in run.stdout
+    picture = iio.imread(shot).astype(int)
+    h, w, _ = picture.shape
+    y, x = int(h * 0.5), int(w * 0.5 / 2.0)  # domain (0.5, 0.5) of the 2-wide dam break
+    assert np.abs(picture[y, x] - (107, 92, 77)).max() < 20  # the solids' brown (field.frag's SOLID)
 
 
 def _interrupted_recording(cmd: list[str], env: dict[str, str], video: Path, ready, cwd: Path) -> subprocess.Popen:
