@@ -36,6 +36,9 @@ NULL_TOL = 1e-10
 # Weak diagonal dominance holds when diag - sum(couplings) >= -DOMINANCE_EPS * eps(dtype) * diag:
 # the round-off of that difference (four additions, or float32 copies of float64 values).
 DOMINANCE_EPS = 64
+# Up to this many floating components, `project` takes their means with one small dense product; more
+# (a porous domain's sealed pockets) by a scatter over component labels.
+DENSE_NULL = 4
 
 
 def check_grid(grid: object, name: str = "grid") -> tuple[int, int]:
@@ -75,7 +78,7 @@ class PoissonSystem:
     diag: torch.Tensor
     cx: torch.Tensor
     cy: torch.Tensor
-    _null: tuple[torch.Tensor | None, torch.Tensor] | None = field(default=None, init=False, repr=False)
+    _null: tuple[torch.Tensor, torch.Tensor | None] | None = field(default=None, init=False, repr=False)
     _decoupled: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -219,31 +222,39 @@ class PoissonSystem:
         return self.diag - self.cx - self.west - self.cy - self.south
 
     # ------------------------------------------------------------------ null space
-    def _null_space(self, dirichlet: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor] | None:
-        """Label every cell with its floating component (no Dirichlet weight), or None if A is regular.
-
-        The labels are None when the whole grid is one floating component (a closed box)."""
+    def _null_space(self, dirichlet: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """The floating components (no Dirichlet weight), or None if A is regular, as (cells, counts): up to
+        DENSE_NULL components their indicators, a dense (m, n) 0/1 tensor, more each cell's component label
+        with grounded cells in a last dummy bucket; counts: the components' cells (and the bucket's)."""
         grounded_cell = dirichlet.abs().reshape(-1) > NULL_TOL * self.diag.abs().max()
         if bool(grounded_cell.all()):
             return None
         if bool((self.cx[:-1] > 0).all()) and bool((self.cy[:, :-1] > 0).all()):
             # Every neighbour pair is coupled: one component, no graph search needed.
-            return None if bool(grounded_cell.any()) else (None, torch.ones(1, dtype=self.dtype, device=self.device))
-        ncomp, labels = self._components()
-        labels_t = torch.as_tensor(labels, dtype=torch.long, device=self.device)
-        grounded = torch.bincount(labels_t[grounded_cell], minlength=ncomp) > 0
-        if bool(grounded.all()):
-            return None
-        floating = ~grounded
+            if bool(grounded_cell.any()):
+                return None
+            labels_t = torch.zeros(self.n, dtype=torch.long, device=self.device)
+            floating = torch.ones(1, dtype=torch.bool, device=self.device)
+        else:
+            ncomp, labels = self._components()
+            labels_t = torch.as_tensor(labels, dtype=torch.long, device=self.device)
+            floating = torch.bincount(labels_t[grounded_cell], minlength=ncomp) == 0
+            if not bool(floating.any()):
+                return None
         # Map floating components to 0..m-1; grounded cells to m (a dummy bucket, never projected).
-        remap = torch.full((ncomp,), -1, dtype=torch.long, device=self.device)
         m = int(floating.sum())
+        remap = torch.full((floating.shape[0],), m, dtype=torch.long, device=self.device)
         remap[floating] = torch.arange(m, device=self.device)
-        remap[grounded] = m
         cell_label = remap[labels_t]
-        counts = torch.zeros(m + 1, dtype=self.dtype, device=self.device)
-        counts.index_add_(0, cell_label, torch.ones(self.n, dtype=self.dtype, device=self.device))
-        torch._dynamo.maybe_mark_dynamic(counts, 0)   # the component count varies: one compiled PCG chunk serves all
+        counts = torch.bincount(cell_label, minlength=m + 1).to(self.dtype)
+        if m <= DENSE_NULL:
+            indicator = torch.zeros(m + 1, self.n, dtype=self.dtype, device=self.device)
+            indicator[cell_label, torch.arange(self.n, device=self.device)] = 1.0
+            indicator, counts = indicator[:m], counts[:m]
+            torch._dynamo.maybe_mark_dynamic(indicator, 0)   # the component count varies: one compiled chunk serves all
+            torch._dynamo.maybe_mark_dynamic(counts, 0)
+            return indicator, counts
+        torch._dynamo.maybe_mark_dynamic(counts, 0)
         return cell_label, counts
 
     def _components(self) -> tuple[int, np.ndarray]:
@@ -267,14 +278,15 @@ class PoissonSystem:
         """Remove the mean of v over every floating component (identity when A is regular)."""
         if self._null is None:
             return v
-        label, counts = self._null
-        if label is None:
-            return v - v.mean()
+        cells, counts = self._null
+        if cells.dim() == 2:
+            cells = cells.to(v.dtype)  # the system's own dtype: no copy
+            return v - ((cells @ v) / counts.to(v.dtype)) @ cells
         sums = torch.zeros(counts.shape[0], dtype=v.dtype, device=v.device)
-        sums.index_add_(0, label, v)
+        sums.index_add_(0, cells, v)
         means = sums / counts.to(v.dtype)
         means[-1] = 0.0
-        return v - means[label]
+        return v - means[cells]
 
     def null_component(self, v: torch.Tensor) -> float:
         """||v - project(v)|| / ||v|| in float64: how far A x = v is from solvable (0 when A is regular)."""
