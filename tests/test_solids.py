@@ -230,13 +230,16 @@ def test_obstacle_scenes_run_at_1000_to_1_keeping_volume_without_fallback(name):
         np.testing.assert_array_equal(_solid(sim), solid)
 
 
-def test_the_null_space_of_fluid_pockets_walled_in_by_solids_is_each_pocket_constant():
-    """Closed top, a wall splitting the tank in two and a walled-in air pocket: three floating regions,
-    each with its own constant null vector; `project` takes each region's mean out and leaves solids be."""
-    walls = [{"type": "box", "min": [0.9, 0.0], "max": [1.1, 1.0], "phase": "solid"},
-             {"type": "box", "min": [1.4, 0.6], "max": [1.8, 0.9], "phase": "solid"},
-             {"type": "box", "min": [1.5, 0.7], "max": [1.7, 0.8], "phase": "air"}]
-    sim = Simulation(_scene(POOL + walls, nx=40, ny=20), Solver("mgpcg"))
+@pytest.mark.parametrize("pockets", [1, 6])  # 3 floating regions in all (dense means), 8 (label scatter)
+def test_the_null_space_of_fluid_pockets_walled_in_by_solids_is_each_pocket_constant(pockets):
+    """Closed top, a wall splitting the tank in two and walled-in air pockets: each region floats with its
+    own constant null vector; `project` takes each region's mean out and leaves the solid cells be."""
+    walls = [{"type": "box", "min": [0.9, 0.0], "max": [1.1, 1.0], "phase": "solid"}]
+    for k in range(pockets):
+        x = 1.2 + 0.12 * k
+        walls += [{"type": "box", "min": [x, 0.6], "max": [x + 0.1, 0.9], "phase": "solid"},
+                  {"type": "box", "min": [x + 0.025, 0.7], "max": [x + 0.075, 0.8], "phase": "air"}]
+    sim = Simulation(_scene(POOL + walls, nx=80, ny=40), Solver("mgpcg"))
     _, system, b = _step_keeping_system(sim)
     solid = _solid(sim)
     graph = system.to_csr()
@@ -245,7 +248,7 @@ def test_the_null_space_of_fluid_pockets_walled_in_by_solids_is_each_pocket_cons
     _, labels = csgraph.connected_components(graph, directed=False)
     labels = labels.reshape(solid.shape)
     regions = {int(k) for k in np.unique(labels[~solid])}
-    assert len(regions) == 3
+    assert len(regions) == 2 + pockets
     v = torch.randn(system.n, dtype=torch.float64)
     p = system.project(v).numpy().reshape(solid.shape)
     for k in regions:
