@@ -2,7 +2,7 @@
 
 A run holds the process itself (Python, torch, Taichi: `PROCESS_BYTES`), the simulation's
 Taichi fields at their power-of-two capacity (`FIELD_BYTES` per capacity cell, sim.grid), its
-per-frame buffers (`FRAME_BYTES` per cell: the assembled system and right-hand side in float64,
+per-frame buffers (`FRAME_BYTES` per cell: the assembled system, right-hand side and unknowns in float64,
 the pressure and the last one kept as the next first guess, the display fields), the peak of a
 reset or resize (`RESET_BYTES` per cell: the numpy arrays the initial state and re-sampling are
 built from), and the solver's set-up and solve (`precond.estimate_memory`, for the method and
@@ -26,7 +26,7 @@ PROCESS_BYTES = 450_000_000  # resident after importing torch and Taichi and sta
 #                               a whole headless dam break at 128x64 with mgpcg peaks at 408 MB)
 FIELD_BYTES = 54  # per (capx + 1) x (capy + 1) cell: sim.grid.bytes_per_capacity_cell()
 PARTICLE_BYTES = 84  # the same, for APIC's particles: sim.apic.bytes_per_capacity_cell()
-FRAME_BYTES = 76  # per cell: system + b (32), pressure and first guess (16), display fields (28)
+FRAME_BYTES = 88  # per cell: system, b and the unknowns mask (40), pressure and first guess (16), display fields (32)
 RESET_BYTES = 200  # per cell: the peak numpy arrays of a reset or resize (measured: 120 to 170)
 FALLBACK = "mgpcg"  # what precond.Solver falls back to
 

@@ -291,7 +291,8 @@ class Simulation:
         return self._volume
 
     def fields(self) -> dict[str, np.ndarray]:
-        """phi, rho, pressure (Pa-like units: rho_air = 1, m, s), speed, vorticity, u, v at the cell centres, float32."""
+        """phi, rho, pressure (Pa-like units: rho_air = 1, m, s), speed, vorticity, u, v and solid (1 in solid cells)
+        at the cell centres, float32."""
         out = np.empty((len(FIELD_NAMES), self.nx, self.ny), dtype=np.float32)
         cell_fields(self._grid, out, self.ratio)
         return {name: out[k] for k, name in enumerate(FIELD_NAMES)}
