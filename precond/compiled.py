@@ -29,6 +29,20 @@ os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(CACHE_DIR)    # read by Inductor whe
 RECOMPILE_LIMIT = 64   # shapes x solvers one process may compile (dynamo's default of 8 is one window session)
 
 
+def load_compiler() -> None:
+    """Import torch's compiler front end (dynamo), which takes about 2 s: done by a compiled Solver when it
+    is made, so that eager runs never pay it and the systems it solves are marked (`mark_dynamic`)."""
+    import torch._dynamo  # noqa: F401
+
+
+def mark_dynamic(t: torch.Tensor, dim: int) -> None:
+    """Tell the compiler, where it is loaded, that dimension `dim` of `t` varies between calls (one compiled
+    program serves all); with no compiler loaded nothing is compiling, and nothing needs the mark."""
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is not None:
+        dynamo.maybe_mark_dynamic(t, dim)
+
+
 def _configure() -> None:
     import torch._dynamo.config as dynamo_config
     # One program per grid shape, dynamic only in the dimensions marked so (HTP's chunk count). With

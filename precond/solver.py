@@ -24,6 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .compiled import load_compiler
 from .pcg import CHUNK_PROGRAM, Preconditioner, SolveResult, check_settings, chunk_key, pcg
 from .system import PoissonSystem, check_grid
 
@@ -113,6 +114,8 @@ class Solver:
         check_settings(tol, maxiter)
         if not isinstance(compiled, bool):
             raise TypeError(f"compiled must be True or False, got {compiled!r}")
+        if compiled:
+            load_compiler()
         chunk = (COMPILED_CHUNK if compiled else 1) if chunk is None else chunk
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
             raise ValueError(f"chunk must be None or an integer >= 1, got {chunk!r}")

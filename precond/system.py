@@ -30,6 +30,8 @@ import scipy.sparse.csgraph as csgraph
 from scipy import ndimage
 import torch
 
+from .compiled import mark_dynamic
+
 # A cell is grounded (touches a Dirichlet face) when its Dirichlet weight diag - sum(couplings)
 # exceeds this fraction of max |diag|: far above the round-off of that difference.
 NULL_TOL = 1e-10
@@ -251,10 +253,10 @@ class PoissonSystem:
             indicator = torch.zeros(m + 1, self.n, dtype=self.dtype, device=self.device)
             indicator[cell_label, torch.arange(self.n, device=self.device)] = 1.0
             indicator, counts = indicator[:m], counts[:m]
-            torch._dynamo.maybe_mark_dynamic(indicator, 0)   # the component count varies: one compiled chunk serves all
-            torch._dynamo.maybe_mark_dynamic(counts, 0)
+            mark_dynamic(indicator, 0)   # the component count varies: one compiled chunk serves all
+            mark_dynamic(counts, 0)
             return indicator, counts
-        torch._dynamo.maybe_mark_dynamic(counts, 0)
+        mark_dynamic(counts, 0)
         return cell_label, counts
 
     def _components(self) -> tuple[int, np.ndarray]:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..compiled import mark_dynamic
 from .coarse import CoarseSpace
 from .partition import Partition
 
@@ -98,7 +99,7 @@ class HMatrix:
         self.tail = operators[..., size:].transpose(1, 2).contiguous().index_select(0, block)   # (nc, 2nb, L)
         self.slot = slot
         for t in (self.head, self.tail):     # the chunk count varies with the system: one compiled program serves all
-            torch._dynamo.maybe_mark_dynamic(t, 0)
+            mark_dynamic(t, 0)
         pos = self.part.cell_position().to(slot.device)
         self.cell_slot = slot[pos // size] * size + pos % size
         corr_t = corr.transpose(1, 2)
