@@ -10,7 +10,7 @@ import torch
 
 from app.state import LEFT_TOOLS, ViewerState
 from precond import METHODS, Solver
-from sim.scene import Box, Circle, Motion, load_scene, parse_scene
+from sim.scene import Box, Circle, Motion, Polygon, load_scene, parse_scene
 from sim.simulation import Simulation
 
 SCENES = Path(__file__).resolve().parent.parent / "scenes"
@@ -256,3 +256,19 @@ def test_the_null_space_of_fluid_pockets_walled_in_by_solids_is_each_pocket_cons
     np.testing.assert_array_equal(p[solid], v.numpy().reshape(solid.shape)[solid])
     np.testing.assert_allclose(system.matvec(torch.as_tensor(np.where(labels == min(regions), 1.0, 0.0).ravel())), 0,
                                atol=1e-12)
+
+
+def test_bodies_refuse_what_they_cannot_be():
+    sim = Simulation(_scene(POOL, nx=32, ny=16), Solver("mgpcg"))
+    with pytest.raises(TypeError, match="a body is a sim.scene.Box or Circle, got Polygon"):
+        sim.add_body(Polygon(((0.0, 0.0), (1.0, 0.0), (0.0, 1.0)), "solid"))
+    for k in range(8):
+        sim.add_body(Box((0.25 * k, 0.6), (0.25 * k + 0.15, 0.8), "solid", motion=Motion()))
+    with pytest.raises(ValueError, match="bodies: expected at most 8, got one more"):
+        sim.add_body(Circle((1.0, 0.8), 0.05, "solid", motion=Motion()))
+    with pytest.raises(ValueError, match="body index: expected 0 to 7, got 8"):
+        sim.move_body(8, 0.5, 0.5)
+    with pytest.raises(ValueError, match="x: expected a finite number, got nan"):
+        sim.move_body(0, float("nan"), 0.5)
+    sim.step()  # eight bodies in the air: the run goes on
+    assert _solid(sim).sum() >= 8 * 2 * 3  # each box covers at least 2 x 3 cell centres
