@@ -2,10 +2,11 @@
 
 Every field is allocated at `(capx + 1, capy + 1)` with `capx`, `capy` powers of two, and the
 kernels read the live size from `size = [nx, ny, open_top, flags, bodies]` (flags: the non-finite
-values a kernel found, see sim.assemble), so any grid up to the capacity
-reuses the compiled kernels. The solids (sim.solids) live here too: the fixed geometry's signed
-distance `solid`, every cell's `kind` and the moving bodies' table `bodies` (size[4] of them live). States are pooled by capacity: a simulation that is dropped (or
-outgrows its state) hands it back, and the next one of that capacity takes it, compiled.
+values a kernel found, see sim.assemble), so any grid up to the capacity reuses the compiled kernels.
+The solids (sim.solids) live here too: the fixed geometry's signed distance `solid`, every cell's
+`kind` and the moving bodies' table `bodies` (size[4] of them live). States are pooled by capacity:
+a simulation that is dropped (or outgrows its state) hands it back, and the next one of that
+capacity takes it, compiled.
 """
 from __future__ import annotations
 
