@@ -71,7 +71,7 @@ class RunReport:
         frame = self.sim.frame
         if not (self.dump_dir and frame % self.dump_every == 0):
             return
-        _write_whole(self.dump_dir / f"frame{frame:05d}.npz", "--dump-systems",
+        _write_whole(self.dump_dir / f"frame{frame:07d}.npz", "--dump-systems",
                      lambda path: save_system(path, system, b, frame=frame, nx=self.sim.nx, ny=self.sim.ny,
                                               ratio=self.sim.ratio, scene=self.sim.scene.name))
 

@@ -377,7 +377,7 @@ def test_a_full_disk_leaves_no_partial_dump(sim, tmp_path, monkeypatch):
         sim.step(on_system=report.on_system)
     monkeypatch.setattr(app.report, "save_system", real)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == [f"frame{sim.frame - 1:05d}.npz"]
+    assert names == [f"frame{sim.frame - 1:07d}.npz"]
     load_system(tmp_path / names[0])
 
 
