@@ -137,3 +137,15 @@ def project(s: ti.template(), x: ti.types.ndarray(dtype=ti.f64, ndim=1), to_pres
                     s.p[i, j] = ti.cast(x[i * ny + j] * to_pressure, ti.f32)
                     s.phi[i, j] = s.phi_a[i, j]
     return report(s, vmax)
+
+
+@ti.kernel
+def first_guess(s: ti.template(), x0: ti.types.ndarray(dtype=ti.f64, ndim=1),
+                unknown: ti.types.ndarray(dtype=ti.f64, ndim=1), scale: ti.f64):
+    """x0 = p * scale (= dt / h: the last pressure as this substep's p_hat) at the cells with an unknown, 0 in
+    the identity rows: the solver's first guess."""
+    nx, ny = s.size[0], s.size[1]
+    for i in range(nx):
+        for j in range(ny):
+            k = i * ny + j
+            x0[k] = ti.cast(s.p[i, j], ti.f64) * scale * unknown[k]

@@ -30,7 +30,7 @@ from .advect import advect_and_add_gravity
 from .checks import FLAG_NAMES, check
 from .fields import FIELD_NAMES, cell_fields
 from .forces import push
-from .projection import assemble, project
+from .projection import assemble, first_guess, project
 from .scene import MAX_BODIES, Box, Circle, Scene, is_body
 from .stats import FrameClock, FrameStats
 
@@ -82,8 +82,6 @@ class Simulation:
         self._target = 0.0  # the volume the correction keeps: the scene's, plus water added since
         self._shift = 0.0  # the correction's shift of phi (domain units), due at the next reinitialisation
         self._vmax = 0.0  # largest |u|, |v| of the state: sets the next substep's length
-        self._x_prev: Optional[torch.Tensor] = None  # the last solve's pressure, the next one's first guess
-        self._dt_prev = 1.0  # the substep _x_prev was solved for
         self._unknown: Optional[torch.Tensor] = None  # 1.0 at the last system's cells with a pressure unknown
         self._bodies: list[solids.Body] = []  # the moving solids, where their motion starts from
         self._drift: list[tuple[float, float]] = []  # each body's velocity from the mouse this frame
@@ -184,8 +182,6 @@ class Simulation:
         if self._particles is not None:
             self._particles.clear()
             apic.maintain(self._grid, self._particles, self.frame)
-        self._x_prev = None
-        self._dt_prev = 1.0
 
     # ------------------------------------------------------------------ controls
     def set_ratio(self, ratio: float) -> None:
@@ -366,15 +362,15 @@ class Simulation:
             return PoissonSystem(packed[0], packed[1], packed[2]), packed[3].reshape(-1)
 
     def _solve(self, system: PoissonSystem, b: torch.Tensor, dt: float) -> SolveResult:
-        """The pressure, warm-started from the last one (rescaled: the solution scales with dt; 0 in the
-        identity rows of solid cells)."""
-        x0 = None if self._x_prev is None else self._x_prev * (dt / self._dt_prev) * self._unknown
+        """The pressure, warm-started from the state's (its p_hat for this dt; 0 in the identity rows of solid
+        cells, extrapolated into cells a body has just uncovered)."""
+        x0 = torch.empty_like(b)
+        first_guess(self._grid, x0, self._unknown, dt / self._h)
         return self.solver.solve(system, b, x0=x0)
 
     def _project(self, result: SolveResult, dt: float) -> None:
         h = self._h
         self._vmax = self._guard(project(self._grid, result.x, h / dt), f"from the {result.method} solve")
-        self._x_prev, self._dt_prev = result.x, dt
 
     def _reinitialise(self) -> None:
         """Rebuild phi as a distance (applying the pending volume correction) and work out the next correction.

@@ -12,7 +12,8 @@ What a solid does to the flow:
   the projection makes the fluid's flux through it exactly what the solid moves;
 - the level set is extrapolated into solid cells near the fluid (`extrapolate`), so that sampling
   phi next to a wall sees the water that is there and the interface meets walls at right angles;
-  the reinitialisation and the water volume look at fluid cells only (sim.levelset).
+  the reinitialisation and the water volume look at fluid cells only (sim.levelset). The pressure
+  is extrapolated with it: the next solve starts from it (sim.projection.first_guess).
 
 A body's velocity over a substep is its displacement over the substep divided by dt, and its cells
 are those at the substep's end, which is what the projection enforces.
@@ -174,8 +175,10 @@ def place(s: ti.template(), table: ti.types.ndarray(dtype=ti.f32, ndim=2), count
 
 @ti.kernel
 def extrapolate(s: ti.template()):
-    """phi in the solid cells within EXTRAPOLATE_CELLS rings of the fluid: each ring the mean of its
-    neighbours in the fluid or in earlier rings. Uses `fixed` as its marks (the reinitialisation's, free)."""
+    """phi and p in the solid cells within EXTRAPOLATE_CELLS rings of the fluid: each ring the mean of its
+    neighbours in the fluid or in earlier rings (p: where a body uncovers cells, the next solve's first guess
+    continues the water's pressure instead of starting from 0). Uses `fixed` as its marks (the
+    reinitialisation's, free)."""
     nx, ny = s.size[0], s.size[1]
     for i in range(nx):
         for j in range(ny):
@@ -184,16 +187,17 @@ def extrapolate(s: ti.template()):
         for i in range(nx):
             for j in range(ny):
                 if s.fixed[i, j] == 0:
-                    total = 0.0
+                    total = ti.math.vec2(0.0)
                     count = 0
                     for di, dj in ti.static(((-1, 0), (1, 0), (0, -1), (0, 1))):
                         a, b = i + di, j + dj
                         if a >= 0 and a < nx and b >= 0 and b < ny:
                             if s.fixed[a, b] == 1:
-                                total += s.phi[a, b]
+                                total += ti.math.vec2(s.phi[a, b], s.p[a, b])
                                 count += 1
                     if count > 0:
-                        s.phi[i, j] = total / count
+                        s.phi[i, j] = total[0] / count
+                        s.p[i, j] = total[1] / count
                         s.fixed[i, j] = ti.u8(2)
         for i in range(nx):
             for j in range(ny):
