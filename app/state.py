@@ -192,7 +192,8 @@ class ViewerState:
 
     def drag(self, sim: Simulation, x: float, y: float) -> None:
         """The drag tool with the button held at (x, y): the first frame grabs the body under the cursor, or
-        drops a solid disc there; every frame moves the grabbed body along with the cursor."""
+        drops a solid disc there; every frame moves the grabbed body along with the cursor (through the
+        fluid while running, straight there while paused)."""
         width = sim.nx / sim.ny
         if self.grabbed is None:
             if not (0.0 <= x <= width and 0.0 <= y <= 1.0):
@@ -203,7 +204,8 @@ class ViewerState:
             cx, cy = sim.body_centres()[k]
             self.grabbed = (k, cx - x, cy - y)
         k, ox, oy = self.grabbed
-        sim.move_body(k, min(max(x, 0.0), width) + ox, min(max(y, 0.0), 1.0) + oy)
+        move = sim.move_body if self.running else sim.place_body
+        move(k, min(max(x, 0.0), width) + ox, min(max(y, 0.0), 1.0) + oy)
 
     def let_go(self) -> None:
         """The drag tool's button is up: the body stays where it is."""

@@ -263,15 +263,27 @@ class Simulation:
     def move_body(self, index: int, x: float, y: float) -> None:
         """Move body `index` so that its centre (about which its motion plays) reaches (x, y) over the next
         frame, at most limits.BODY_SPEED fast: the fluid feels it as a wall moving at that velocity."""
-        _check_finite(x=x, y=y)
-        if not 0 <= index < len(self._bodies):
-            raise ValueError(f"body index: expected 0 to {len(self._bodies) - 1}, got {index!r}")
+        self._check_body(index, x, y)
         cx, cy = self._bodies[index].centre(self.time)
         frame_dt = self._scene.time.frame_dt
         du, dv = (x - cx) / frame_dt, (y - cy) / frame_dt
         speed = math.hypot(du, dv)
         scale = min(1.0, limits.BODY_SPEED.hi / speed) if speed > 0.0 else 0.0
         self._drift[index] = (du * scale, dv * scale)
+
+    def place_body(self, index: int, x: float, y: float) -> None:
+        """Put body `index`'s centre at (x, y) at once, with no motion through the fluid (no time passes: for
+        a paused run); its cells are marked now and the flow meets it from the next substep on."""
+        self._check_body(index, x, y)
+        cx, cy = self._bodies[index].centre(self.time)
+        self._bodies[index] = self._bodies[index].moved(x - cx, y - cy)
+        self._drift[index] = (0.0, 0.0)
+        self._place_bodies(self.time, 0.0)
+
+    def _check_body(self, index: int, x: float, y: float) -> None:
+        _check_finite(x=x, y=y)
+        if not 0 <= index < len(self._bodies):
+            raise ValueError(f"body index: expected 0 to {len(self._bodies) - 1}, got {index!r}")
 
     def body_centres(self) -> list[tuple[float, float]]:
         """Where each body's centre is now (domain units)."""

@@ -206,6 +206,12 @@ def test_the_drag_tool_grabs_a_body_or_drops_a_disc_and_moves_it():
     state.drag(sim, 1.1, 0.7)
     sim.step()
     assert sim.body_centres()[1] == pytest.approx((1.1, 0.7), abs=1e-6)
+    state.running = False                         # paused: the body goes straight to the cursor
+    state.drag(sim, 1.3, 0.6)
+    assert sim.body_centres()[1] == pytest.approx((1.3, 0.6), abs=1e-9)
+    x, y = (np.arange(80) + 0.5) / 32, (np.arange(32) + 0.5) / 32
+    disc = np.hypot(x[:, None] - 1.3, y[None, :] - 0.6) <= 0.06
+    np.testing.assert_array_equal(_solid(sim)[disc], True)   # its cells are marked at once
     state.reset_requested = True
     state.apply(sim)
     assert state.grabbed is None and len(sim.body_centres()) == 1
