@@ -333,12 +333,13 @@ class Simulation:
             self.time += dt
             remaining -= dt
         with clock.phase("advect"):  # the level set's and particles' upkeep counts as advection (FrameStats.ms_advect)
+            shift_cells = self._shift * self.ny       # the correction this reinitialisation applies
             self._reinitialise()
             if self._particles is not None:
                 apic.maintain(self._grid, self._particles, self.frame + 1)
         self.frame += 1
         self._drift = [(0.0, 0.0)] * len(self._bodies)
-        stats = clock.stats(self.frame, self.time, dt, cfl, cfl > limits.CFL.hi, solves, self._volume)
+        stats = clock.stats(self.frame, self.time, dt, cfl, cfl > limits.CFL.hi, solves, self._volume, shift_cells)
         if on_system is not None:
             on_system(system, b)
         return stats

@@ -32,6 +32,7 @@ class FrameStats:
     fell_back: bool
     note: str
     volume: float  # water fraction of the domain
+    volume_shift: float  # the volume correction's shift of the interface at this frame's reinitialisation, cells
 
     @property
     def ms_sim(self) -> float:
@@ -59,7 +60,7 @@ class FrameClock:
         self.seconds[name] += time.perf_counter() - t0
 
     def stats(self, frame: int, sim_time: float, dt: float, cfl: float, over_cfl: bool,
-              solves: Sequence[SolveResult], volume: float) -> FrameStats:
+              solves: Sequence[SolveResult], volume: float, volume_shift: float) -> FrameStats:
         """The frame's FrameStats: its phase times, total time so far and its substeps' solves, in order."""
         total = time.perf_counter() - self._start
         setup = sum(r.setup_seconds for r in solves)
@@ -71,7 +72,7 @@ class FrameClock:
             iterations=sum(r.iterations for r in solves), residual=max([0.0, *(r.residual for r in solves)]),
             converged=all(r.converged for r in solves), solver="/".join(_unique(r.method for r in solves)),
             fell_back=any(r.fell_back for r in solves), note="; ".join(_unique(r.note for r in solves)),
-            volume=volume)
+            volume=volume, volume_shift=volume_shift)
 
 
 def _unique(items: Iterable[str]) -> list[str]:

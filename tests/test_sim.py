@@ -168,10 +168,11 @@ def test_volume_correction_restores_the_target(correct):
     state["phi"] += 0.3 / sim.ny  # the interface moves 0.3 cells into the water: a volume loss
     sim.restore(state)
     assert sim.water_volume() < 0.97 * target
-    for _ in range(4):
-        sim.step()
+    shifts = [sim.step().volume_shift for _ in range(4)]
     error = abs(sim.water_volume() / target - 1.0)
     assert error < 0.005 if correct else error > 0.02
+    # the stats report the shifts that undid it: 0.3 cells back out of the water in all, or none at all
+    assert sum(shifts) == pytest.approx(-0.3, abs=0.1) if correct else shifts == [0.0] * 4
 
 
 @pytest.mark.slow
@@ -246,7 +247,7 @@ def test_fields_and_stats():
     assert isinstance(stats, FrameStats)
     assert {f.name for f in dataclass_fields(FrameStats)} >= {
         "frame", "time", "dt", "substeps", "ms_advect", "ms_assemble", "ms_inference", "ms_pcg", "ms_project",
-        "ms_total", "iterations", "residual", "converged", "solver", "fell_back", "note", "volume"}
+        "ms_total", "iterations", "residual", "converged", "solver", "fell_back", "note", "volume", "volume_shift"}
     assert stats.frame == sim.frame == 1 and stats.time == pytest.approx(1 / 60) == sim.time
     assert stats.iterations > 0 and stats.converged and not stats.fell_back and stats.solver == "mgpcg"
     assert stats.ms_total >= stats.ms_advect + stats.ms_assemble + stats.ms_pcg + stats.ms_project
