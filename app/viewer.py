@@ -308,14 +308,14 @@ class Viewer:
         origin = imgui.get_item_rect_min()
         io = imgui.get_io()
         x, y = view_to_domain((io.mouse_pos.x, io.mouse_pos.y), (origin.x, origin.y), (w, h), aspect)
+        hovered = imgui.is_item_hovered()
         try:
-            if left and self.state.grabbed is not None:  # a grabbed body follows the cursor off the view too
-                self.state.drag(self.sim, x, y)
-            if not imgui.is_item_hovered():
+            dragging = self.state.left_tool == LEFT_TOOLS[1]
+            if left and dragging and (hovered or self.state.grabbed is not None):  # a grabbed body follows
+                self.state.drag(self.sim, x, y)                                    # the cursor off the view too
+            if not hovered:
                 return
-            if left and self.state.left_tool == LEFT_TOOLS[1] and self.state.grabbed is None:
-                self.state.drag(self.sim, x, y)
-            elif left and self.state.left_tool == LEFT_TOOLS[0]:
+            if left and not dragging:
                 self.state.pour(self.sim, x, y)
             if imgui.is_mouse_down(imgui.MouseButton_.right):
                 self.state.stir(self.sim, x, y, io.mouse_delta.x / w * aspect, -io.mouse_delta.y / h)

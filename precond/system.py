@@ -55,6 +55,14 @@ def check_grid(grid: object, name: str = "grid") -> tuple[int, int]:
     return nx, ny
 
 
+def _marked(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors, their first dimension (the floating-component count, which varies from system to system)
+    marked dynamic: one compiled PCG chunk serves all counts."""
+    for t in tensors:
+        mark_dynamic(t, 0)
+    return tensors
+
+
 @lru_cache(maxsize=16)
 def stencil_pattern(nx: int, ny: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A's 5-point pattern on an (nx, ny) grid as COO (rows, cols, slot, sign), entries grouped as
@@ -235,14 +243,13 @@ class PoissonSystem:
             # Every neighbour pair is coupled: one component, no graph search needed.
             if bool(grounded_cell.any()):
                 return None
-            labels_t = torch.zeros(self.n, dtype=torch.long, device=self.device)
-            floating = torch.ones(1, dtype=torch.bool, device=self.device)
-        else:
-            ncomp, labels = self._components()
-            labels_t = torch.as_tensor(labels, dtype=torch.long, device=self.device)
-            floating = torch.bincount(labels_t[grounded_cell], minlength=ncomp) == 0
-            if not bool(floating.any()):
-                return None
+            return _marked(torch.ones(1, self.n, dtype=self.dtype, device=self.device),
+                           torch.full((1,), float(self.n), dtype=self.dtype, device=self.device))
+        ncomp, labels = self._components()
+        labels_t = torch.as_tensor(labels, dtype=torch.long, device=self.device)
+        floating = torch.bincount(labels_t[grounded_cell], minlength=ncomp) == 0
+        if not bool(floating.any()):
+            return None
         # Map floating components to 0..m-1; grounded cells to m (a dummy bucket, never projected).
         m = int(floating.sum())
         remap = torch.full((floating.shape[0],), m, dtype=torch.long, device=self.device)
@@ -252,10 +259,7 @@ class PoissonSystem:
         if m <= DENSE_NULL:
             indicator = torch.zeros(m + 1, self.n, dtype=self.dtype, device=self.device)
             indicator[cell_label, torch.arange(self.n, device=self.device)] = 1.0
-            indicator, counts = indicator[:m], counts[:m]
-            mark_dynamic(indicator, 0)   # the component count varies: one compiled chunk serves all
-            mark_dynamic(counts, 0)
-            return indicator, counts
+            return _marked(indicator[:m], counts[:m])
         mark_dynamic(counts, 0)
         return cell_label, counts
 

@@ -11,10 +11,10 @@ value sim.advect computed, so u* is defined everywhere. The affine part is what 
 transfers from averaging rotation and shear away, as PIC does: the low dissipation of APIC.
 
 After each frame's reinitialisation `maintain` keeps the count steady: in one serial pass (so a
-run repeats exactly but for the order of P2G's float sums) it drops particles in solid cells, those more than
-`KEEP_BAND` cells into the air and those beyond `MAX_PER_CELL` in a cell, then seeds cells of the
-band holding fewer than `MIN_PER_CELL` up to `TARGET_PER_CELL`, at hashed positions stratified
-over the cell's quarters.
+run repeats exactly but for the order of P2G's float sums) it drops particles in solid cells, those
+more than `KEEP_BAND` cells into the air and those beyond `MAX_PER_CELL` in a cell, then seeds the
+band's fluid cells holding fewer than `MIN_PER_CELL` up to `TARGET_PER_CELL`, at hashed positions
+stratified over the cell's quarters.
 
 Positions are in cell units as in sim.advect. Kernels take the grid state `s` and the particles
 `ps` (allocated at the grid state's capacity, pooled the same way: sim.grid.acquire).

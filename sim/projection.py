@@ -11,7 +11,7 @@ only) and b = -(sum of outward u* fluxes), in velocity units. After the solve th
 of u is exactly the residual b - A p_hat, up to float32 rounding of the velocity.
 
 A face touching a solid cell (sim.solids) has coefficient 0 and keeps the solid's velocity, which
-sim.solids.impose put in u*; a solid cell's row is the identity with right-hand side 0, and so is the
+sim.solids.place put in u*; a solid cell's row is the identity with right-hand side 0, and so is the
 row of a fluid cell closed on all four sides, whose pressure nothing sets (the PoissonSystem contract).
 
 Gravity (sim.forces) is in u* on every vertical face and is balanced by the same face
