@@ -88,31 +88,61 @@ def _cluster_functions(p, space, basis, d, c):
     return v
 
 
-def _dense_reference(system, model, jitter=1e-6):
-    """M = G G^T + eps I from its definition, block by block with Python loops (cell order):
-    B_i = L_i^-T + g_i Q_i K_i Q_i^T with A_ii (1 + jitter on the diagonal) = L_i L_i^T, and
-    W_c = V_c sqrt(w) R_c (I + X_c), for the network's outputs K, X and the analytic R_c."""
-    cfg = model.cfg
+def _reference(system, cfg, k=None, x=None, jitter=1e-6, galerkin_jitter=1e-3):
+    """M from its definition (hmatrix.py), dense and leaf by leaf, cluster by cluster, in cell order:
+    D_i = s_i (B_i B_i^T + eps A_ii^-1), B_i = L_i^-T + g_i Q_i K_i Q_i^T, s_i = smoothing / (lambda_max(B_i^T
+    A_ii B_i) + eps); per depth E_d = sum_c V_c S_c V_c^T with S_c = R_c T_c T_c^T R_c^T, R_c R_c^T the inverse
+    of the jittered Gram matrix V_c^T A V_c, T_c = I + X_c scaled to spectral norm <= 1; the coarse part
+    X <- X + E_d (I - A X) over the depths deep -> root -> deep; M = 2D - DAD + (I - DA) X (I - AD).
+    k (nl, nb, nb), x (clusters, r, r): the network's outputs (None: zero, the untrained network)."""
     p = partition(system.nx, system.ny, cfg.leaf_size)
     space = coarse_space(p, cfg.segments, cfg.rank)
-    an = Analytic.build(system, space, torch.float64)
-    with torch.no_grad():
-        k, x = model(p, an.stencil)
-    chol = torch.linalg.cholesky(leaf_matrices(an.stencil, p, jitter))
-    g = torch.zeros(p.n, p.n, dtype=torch.float64)
+    a = torch.as_tensor(system.to_csr().toarray())
+    stencil = leaf_stencil(system, p)
+    blocks = leaf_matrices(stencil, p, jitter)
+    basis = torch.linalg.solve(blocks, harmonic_sources(stencil, p, cfg.segments))     # (nl, L, nb)
+    diag, real = stencil[0], stencil[5]
+    n = p.n
+    d_full = torch.zeros(n, n, dtype=torch.float64)
     for i in range(p.n_leaves):
         cells, inside = _leaf_cells(p, i)
-        q = an.basis[i]
-        block = torch.linalg.inv(chol[i]).T + an.scale[i] * q @ k[i] @ q.T
-        g[cells[:, None], cells] = block[inside][:, inside]
-    cols, first = [], 0
+        chol = torch.linalg.cholesky(blocks[i])
+        b = torch.linalg.inv(chol).T
+        if k is not None:
+            mean_d = float((diag[i] * real[i]).sum() / real[i].sum().clamp_min(1))
+            b = b + (mean_d if mean_d > 0 else 1.0) ** -0.5 * basis[i] @ k[i] @ basis[i].T
+        lam = float(torch.linalg.eigvalsh(b.T @ blocks[i] @ b).max())
+        di = cfg.smoothing / (lam + cfg.eps) * (b @ b.T + cfg.eps * torch.linalg.inv(blocks[i]))
+        d_full[cells[:, None], cells] = di[inside][:, inside]
+    eye = torch.eye(n, dtype=torch.float64)
+    steps, first = [], 0
     for d in range(p.depth):
+        e = torch.zeros(n, n, dtype=torch.float64)
         for c in range(1 << d):
-            f = cfg.level_weight ** 0.5 * an.galerkin[d][c] @ (torch.eye(cfg.rank, dtype=torch.float64) + x[first + c])
-            cols.append(_cluster_functions(p, space, an.basis, d, c) @ f)
+            vc = _cluster_functions(p, space, basis, d, c)
+            gram = vc.T @ a @ vc
+            tr = float(gram.diagonal().mean())
+            gram = gram + torch.diag(galerkin_jitter * gram.diagonal() + 1e-8 * tr + (1.0 if tr <= 1e-300 else 0.0))
+            r = torch.linalg.inv(torch.linalg.cholesky(gram)).T
+            t = torch.eye(cfg.rank, dtype=torch.float64) + (0 if x is None else x[first + c])
+            t = t / max(1.0, float(torch.linalg.matrix_norm(t, ord=2)))
+            e += vc @ r @ t @ t.T @ r.T @ vc.T
+        steps.append(e)
         first += 1 << d
-    full = torch.cat([g, *cols], 1)
-    return full @ full.T + cfg.eps / float(system.diag.max()) * torch.eye(p.n, dtype=torch.float64)
+    coarse = torch.zeros(n, n, dtype=torch.float64)
+    for d in [*range(p.depth - 1, 0, -1), *range(p.depth)]:
+        coarse = coarse + steps[d] @ (eye - a @ coarse)
+    f = eye - d_full @ a
+    return 2 * d_full - d_full @ a @ d_full + f @ coarse @ f.T
+
+
+def _dense_reference(system, model):
+    """_reference for the outputs of `model` on `system`."""
+    p = partition(system.nx, system.ny, model.cfg.leaf_size)
+    an = Analytic.build(system, coarse_space(p, model.cfg.segments, model.cfg.rank), torch.float64)
+    with torch.no_grad():
+        k, x = model(p, an.stencil)
+    return _reference(system, model.cfg, k, x)
 
 
 @pytest.mark.parametrize("grid,ratio", [((32, 16), 1000.0), ((33, 17), 1000.0), ((8, 8), 1000.0), ((48, 40), 1.0)])
@@ -140,9 +170,9 @@ def test_leaf_chunks_hold_only_equal_leaves():
     assert block.numel() == 3 + 5 + 2                                 # ceil(40/16) + 5 singletons + ceil(17/16)
 
 
-def test_coarse_levels_are_weighted_galerkin_inverses():
-    """With the cluster head at zero (untrained), W_c W_c^T is w times the Galerkin inverse on span(V_c);
-    the cluster head's T_c moves F_c = sqrt(w) R_c T_c and nothing else."""
+def test_coarse_steps_are_galerkin_inverses():
+    """With the cluster head at zero (untrained), a cluster's step S_c is the (jittered) Galerkin inverse
+    on span(V_c); the cluster head's T_c moves S_c and nothing else."""
     s = _system(32, 32, seed=1)
     torch.manual_seed(0)
     hm = _operator(HTPModel(TINY).double(), s)
@@ -154,11 +184,10 @@ def test_coarse_levels_are_weighted_galerkin_inverses():
     inside = v.abs().sum(1) > 0
     a_cc = a[inside][:, inside]
     gram = v[inside].T @ a_cc @ v[inside]
-    rrt = hm.coarse_factor[d][c] @ hm.coarse_factor[d][c].T
     eye = torch.eye(gram.shape[0], dtype=torch.float64)
     jittered = gram + torch.diag(1e-3 * gram.diagonal() + 1e-8 * gram.diagonal().mean())
-    assert torch.allclose(rrt @ jittered, TINY.level_weight * eye, atol=1e-8)
-    assert not torch.allclose(moved.coarse_factor[d][c], hm.coarse_factor[d][c])
+    assert torch.allclose(hm.coarse_inverse[d][c] @ jittered, eye, atol=1e-8)
+    assert not torch.allclose(moved.coarse_inverse[d][c], hm.coarse_inverse[d][c])
     assert torch.equal(moved.space.prolongation, hm.space.prolongation)
 
 
@@ -215,6 +244,23 @@ def test_m_is_spd_for_random_weights(grid, ratio, open_top):
         assert float(torch.linalg.eigvalsh(m).min()) > 0
 
 
+def test_m_is_spd_for_large_corrections():
+    """Heads far from zero: the leaf bound and the coarse steps' norm bound are what keep M SPD (both act here)."""
+    s = _system(32, 24, ratio=1000.0, seed=5, open_top=False)
+    model = _random_model(seed=3)
+    with torch.no_grad():
+        for head in (model.leaf_head, model.cluster_head[-1]):
+            head.weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(1))
+            head.bias.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(2))
+        hm = _operator(model, s)
+        m = hm.to_dense()
+    untrained = TINY.smoothing / (1 + TINY.eps)
+    assert float(hm.leaf_scale.min()) < 0.5 * untrained
+    assert max(float(torch.linalg.matrix_norm(t, ord=2).max()) for t in hm.cluster_corr) > 2
+    assert torch.allclose(m, m.T, atol=1e-12 * float(m.abs().max()))
+    assert float(torch.linalg.eigvalsh(m).min()) > 0
+
+
 def test_float32_network_on_a_closed_box_with_a_near_null_coarse_function():
     """Regression: training sample 960 of seed 0, a closed 256x256 box at ratio 1.2. The root's area
     hats sum to the constant, a null vector of A; a coarse Gram matrix assembled in float32 was
@@ -227,43 +273,17 @@ def test_float32_network_on_a_closed_box_with_a_near_null_coarse_function():
     assert sample.system.shape == (256, 256) and sample.source == "random-closed"
     torch.manual_seed(0)
     hm = _operator(HTPModel(TINY), sample.system)
-    assert hm.dtype == torch.float32 and all(bool(torch.isfinite(f).all()) for f in hm.coarse_factor)
-
-
-def _analytic_reference(s, cfg, v, jitter=1e-6, galerkin_jitter=1e-3):
-    """M v of the analytic preconditioner from its definition, cluster by cluster: the block-Jacobi inverse
-    (leaf blocks of A, diagonal times 1 + jitter) plus w V_c (V_c^T A V_c + J_c)^-1 V_c^T for every
-    inner cluster, V_c the cluster's coarse functions on the harmonic basis Q_i = A_ii^-1 E_i, plus eps v."""
-    p = partition(s.nx, s.ny, cfg.leaf_size)
-    space = coarse_space(p, cfg.segments, cfg.rank)
-    a = s.to_csr()
-    stencil = leaf_stencil(s, p)
-    blocks = leaf_matrices(stencil, p, jitter)
-    sources = harmonic_sources(stencil, p, cfg.segments)
-    out = cfg.eps / float(s.diag.max()) * v
-    basis = torch.linalg.solve(blocks, sources)                         # (nl, L, nb)
-    for i in range(p.n_leaves):
-        cells, inside = _leaf_cells(p, i)
-        out[:, cells] += torch.linalg.solve(blocks[i][inside][:, inside], v[:, cells].T).T
-    for d in range(p.depth):
-        for c in range(1 << d):
-            vc = _cluster_functions(p, space, basis, d, c)
-            if not vc.any():                                            # a cluster of padding only
-                continue
-            gram = vc.T @ torch.as_tensor(a @ vc.numpy())
-            gram = gram + torch.diag(galerkin_jitter * gram.diagonal() + 1e-8 * gram.diagonal().mean())
-            out += cfg.level_weight * (v @ vc) @ torch.linalg.solve(gram, vc.T)
-    return out
+    assert hm.dtype == torch.float32 and all(bool(torch.isfinite(f).all()) for f in hm.coarse_inverse)
 
 
 @pytest.mark.parametrize("grid,ratio,open_top", [((64, 64), 1000.0, True), ((33, 17), 100.0, False)])
 def test_untrained_network_is_the_analytic_preconditioner(grid, ratio, open_top):
-    """Zero last layers: M is block-Jacobi leaves plus Galerkin coarse levels, as applied to vectors."""
+    """Zero last layers: M is the sweep of damped block-Jacobi leaves and Galerkin coarse steps, from A alone."""
     s = _system(*grid, ratio=ratio, seed=2, open_top=open_top)
     torch.manual_seed(0)
     cfg = HTPConfig()
     v = torch.randn(3, s.n, dtype=torch.float64)
-    want = _analytic_reference(s, cfg, v)
+    want = v @ _reference(s, cfg)
     untrained = _operator(HTPModel(cfg).double(), s)                  # float64: compare to float64 round-off
     assert torch.linalg.norm(untrained.apply(v) - want) < 1e-9 * torch.linalg.norm(want)
     shipped_dtype = _operator(HTPModel(cfg), s)                       # float32, as HTP runs

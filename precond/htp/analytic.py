@@ -147,6 +147,14 @@ def galerkin_factors(space: CoarseSpace, coupling: torch.Tensor, jitter: float =
     return list(inv.transpose(1, 2).split([1 << d for d in range(depth)]))
 
 
+def gram_root(chol: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """G^1/2 (u, 2 nb, 2 nb) of the Gram matrix G = Z^T Z of Z = [L^T Q, Q] per distinct leaf (A_ii = L L^T):
+    what hmatrix.leaf_bound needs to bound the network's leaf blocks. float64, from the float64 factors."""
+    z = torch.cat([chol.transpose(1, 2) @ basis, basis], -1)
+    w, v = torch.linalg.eigh(z.transpose(1, 2) @ z)
+    return (v * w.clamp_min(0.0).sqrt()[:, None, :]) @ v.transpose(1, 2)
+
+
 @dataclass
 class Analytic:
     """The analytic part of M for one system, see the module docstring; build with `Analytic.build`."""
@@ -156,6 +164,8 @@ class Analytic:
     distinct_index: torch.Tensor    # (nl,) distinct leaf of every leaf
     basis: torch.Tensor             # (nl, L, nb) harmonic basis Q_i
     scale: torch.Tensor             # (nl,) mean(diag)^-1/2 over the leaf's real cells
+    coupling: torch.Tensor          # (nl, 5, nb, nb) Q^T A Q in blocks, see basis_coupling
+    gram_root: torch.Tensor         # (nl, 2 nb, 2 nb) float64: G^1/2 of G = [L^T Q, Q]^T [L^T Q, Q], see gram_root
     galerkin: list[torch.Tensor]    # per depth (2^d, r, r): R_c, see galerkin_factors
 
     @classmethod
@@ -176,5 +186,5 @@ class Analytic:
         real = stencil[5]
         mean_d = (stencil[0] * real).sum(1) / real.sum(1).clamp_min(1)
         scale = torch.where(mean_d > 0, mean_d, torch.ones_like(mean_d)).rsqrt()
-        return cls(stencil.to(dtype), operators.to(dtype), index, basis.to(dtype)[index],
-                   scale.to(dtype), [g.to(dtype) for g in galerkin])
+        return cls(stencil.to(dtype), operators.to(dtype), index, basis.to(dtype)[index], scale.to(dtype),
+                   coupling.to(dtype), gram_root(chol, basis)[index], [g.to(dtype) for g in galerkin])

@@ -51,8 +51,8 @@ class HTPConfig:
     mlp_ratio: int = 4
     head_hidden: int = 128
     highways: bool = True      # axial row / column buffers and the global token
-    level_weight: float = 0.5  # weight of every coarse level (additive levels overlap)
-    eps: float = 1e-4          # M += eps / max(diag) I
+    smoothing: float = 0.8     # damping of the leaf blocks in the sweep (hmatrix.py), in (0, 1]
+    eps: float = 1e-3          # leaf blocks B B^T + eps A_ii^-1: positive definite for every correction
 
     def __post_init__(self) -> None:
         check_fields(self, {"leaf_size": (lambda v: is_power_of_two(v) and v >= 4, "a power of two >= 4")})
@@ -67,7 +67,7 @@ class HTPConfig:
             "mlp_ratio": (is_int(1), "an integer >= 1"),
             "head_hidden": (is_int(1), "an integer >= 1"),
             "highways": (lambda v: isinstance(v, bool), "True or False"),
-            "level_weight": (lambda v: v == 0 or is_positive(v), "a finite number >= 0"),
+            "smoothing": (lambda v: is_positive(v) and v <= 1, "a number in (0, 1]"),
             "eps": (is_positive, "a finite number > 0"),
         })
 

@@ -1,9 +1,9 @@
-"""The HTP preconditioner: the network's corrections on the analytic operator, as an H-matrix.
+"""The HTP preconditioner: the network's corrections on the analytic operator (hmatrix.py).
 
 `HTP()` loads the shipped checkpoint (assets/htp.pt; another path by argument or the
 HTP_CHECKPOINT environment variable); `HTP.from_model(model)` wraps a network in memory
 (training, its validation, ablations). `setup(system)` runs the network once (inference mode,
-on the system's device) and assembles M; `apply(r)` is the batched H-matrix apply, in the
+on the system's device) and assembles M; `apply(r)` is the batched apply of M, in the
 network's dtype (float32 as shipped), on float64 (or any) vectors cast in and out. `operator`
 is the same assembly with autograd, for training.
 
@@ -33,7 +33,7 @@ from .hmatrix import HMatrix
 from .model import HTPConfig, HTPModel
 from .partition import partition
 
-LAYOUT = "htp-hmatrix-v4"   # bump when the meaning of the weights changes
+LAYOUT = "htp-sweep-v5"   # bump when the meaning of the weights changes
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "assets" / "htp.pt"
 
 
@@ -103,9 +103,8 @@ class HTP:
         leaf_corr, cluster_corr = corrections if corrections is not None else self.model(space.part, an.stencil)
         eye = torch.eye(cfg.rank, dtype=cluster_corr.dtype, device=cluster_corr.device)
         t = (eye + cluster_corr).split([r.shape[0] for r in an.galerkin])
-        factors = [cfg.level_weight ** 0.5 * r @ tc for r, tc in zip(an.galerkin, t)]
-        hm = HMatrix(space, an.leaf_operators, an.distinct_index, an.basis, an.scale[:, None, None] * leaf_corr,
-                     factors, cfg.eps / float(system.diag.max()))
+        hm = HMatrix(space, an.stencil, an.leaf_operators, an.distinct_index, an.basis, an.coupling, an.gram_root,
+                     an.scale[:, None, None] * leaf_corr, an.galerkin, list(t), cfg.smoothing, cfg.eps)
         return hm, (leaf_corr, cluster_corr)
 
     def setup(self, system: PoissonSystem) -> None:
