@@ -200,10 +200,10 @@ class HMatrix:
     def _sweep(self, y: torch.Tensor) -> torch.Tensor:
         """Z y for coordinates y (nl, m, nb): the depths from the leaves' parents to the root and back."""
         depth, nl = self.part.depth, self.part.n_leaves
+        m, r = y.shape[1], self.prolongation.shape[-1]
         z, res = torch.zeros_like(y), y
         for d in [*range(depth - 1, 0, -1), *range(depth)]:
             c = self.prolongation[d]
-            m, r = y.shape[1], c.shape[-1]
             t = _rows_times(res, c).reshape(1 << d, nl >> d, m, r).sum(1)                 # (2^d, m, r)
             u = _rows_times(t, self.coarse_inverse[d])[:, None].expand(1 << d, nl >> d, m, r).reshape(nl, m, r)
             u = _rows_times(u, c.transpose(1, 2))
