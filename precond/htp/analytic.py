@@ -7,9 +7,9 @@
   blocks of A^-1 take inside a leaf (A-harmonic away from the sources), adapted to the density
   jumps, at nb = 4 segments numbers per leaf instead of L.
 * Galerkin factors R_c with R_c R_c^T = (V_c^T A_cc V_c)^-1 for the coarse functions V_c = [Q_i C_i]
-  of every inner cluster c (coarse.py): W_c W_c^T = w V_c R_c R_c^T V_c^T is then the Galerkin
-  inverse of A on span(V_c), an additive multilevel coarse correction whose scale is right for
-  any density ratio by construction.
+  of every inner cluster c (coarse.py): V_c R_c R_c^T V_c^T is then the Galerkin inverse of A on
+  span(V_c), one coarse step of the sweep (hmatrix.py), whose scale is right for any density
+  ratio by construction.
 
 Solid cells (decoupled identity rows, PoissonSystem.decoupled) need no mask: no coupling reaches
 them, so their sources are 0, their leaf blocks identity rows, and Q, every coarse function and the

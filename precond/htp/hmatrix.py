@@ -21,7 +21,7 @@ where Z sweeps the depths from the leaves' parents to the root and back, z += V_
 on the coordinates y = Q^T (r - A x), with A_Q = Q^T A Q (the basis-level coupling of a leaf with its
 four neighbours) and all clusters of a depth at once. The coarse functions live in span(Q), so the
 sweep never touches a cell: its cost is O(N/L * nb (nb + r)) per depth. On a 256x256 dam break at
-1,000:1 this takes 13 PCG iterations where the additive sum took 43 (mgpcg: 9).
+1,000:1 this takes 13 PCG iterations where the same blocks summed take 43 (mgpcg: 9).
 
 SPD for every network output. Written out, M = 2D - DAD + (I - DA) M_c (I - AD) with
 M_c = Q Z Q^T, which is SPD whenever D is SPD with lambda_max(D A) < 2 and M_c is positive
