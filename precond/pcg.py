@@ -80,13 +80,19 @@ def _sync(device: torch.device) -> None:
 def _chunk(system: PoissonSystem, precond: Preconditioner, x: torch.Tensor, r: torch.Tensor, p: torch.Tensor,
            rz: torch.Tensor, atol: torch.Tensor, left: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
     """k PCG iterations as one static tensor program: no host synchronisation, no value-dependent
-    control flow. `pcg` calls it only while the residual is above tolerance. Once the residual norm
-    reaches `atol` (or is not finite) at a step, or after `left` steps, the later steps of the chunk
-    leave x and r as they are, so the result is that of stopping exactly there (p and rz go on
+    control flow. An iteration starts from the residual r: z = M r, the new direction p, then x and r.
+    The first chunk of a solve starts from p = 0 (and any rz != 0), so every apply of M, the first
+    included, runs inside a chunk. `pcg` calls it only while the residual is above tolerance. Once the
+    residual norm reaches `atol` (or is not finite) at a step, or after `left` steps, the later steps of
+    the chunk leave x and r as they are, so the result is that of stopping exactly there (p and rz go on
     changing, harmlessly: the caller stops). Returns (x, r, p, rz, ||r|| after every step)."""
     norms: list[torch.Tensor] = []
     live: torch.Tensor | None = None      # every step so far went on; only later steps of a chunk need it
     for i in range(k):
+        z = system.project(precond.apply(r))
+        rz_new = torch.dot(r, z)
+        p = z + (rz_new / rz) * p
+        rz = rz_new
         q = system.matvec(p)
         alpha = rz / torch.dot(p, q)
         if live is None:
@@ -98,10 +104,6 @@ def _chunk(system: PoissonSystem, precond: Preconditioner, x: torch.Tensor, r: t
         if i + 1 < k:
             go = (norm > atol) & (left > i + 1)          # False for a NaN norm too
             live = go if live is None else live & go
-        z = system.project(precond.apply(r))
-        rz_new = torch.dot(r, z)
-        p = z + (rz_new / rz) * p
-        rz = rz_new
     return x, r, p, rz, torch.stack(norms)
 
 
@@ -136,9 +138,7 @@ def pcg(system: PoissonSystem, b: torch.Tensor, precond: Preconditioner, tol: fl
     it = 0
     if bnorm > 0.0:
         r = b - system.matvec(x)
-        z = system.project(precond.apply(r))
-        p = z.clone()
-        rz = torch.dot(r, z)
+        p, rz = torch.zeros_like(r), torch.ones((), dtype=r.dtype, device=r.device)   # see _chunk
         history = [float(torch.linalg.vector_norm(r)) / bnorm]
         atol = torch.tensor(tol * bnorm, dtype=b.dtype, device=b.device)
         run = partial(CHUNK_PROGRAM, b.device) if compiled else _chunk
