@@ -92,8 +92,9 @@ def _reference(system, cfg, k=None, x=None, jitter=1e-6, galerkin_jitter=1e-3):
     """M from its definition (hmatrix.py), dense and leaf by leaf, cluster by cluster, in cell order:
     D_i = s_i (B_i B_i^T + eps A_ii^-1), B_i = L_i^-T + g_i Q_i K_i Q_i^T, s_i = smoothing / (lambda_max(B_i^T
     A_ii B_i) + eps); per depth E_d = sum_c V_c S_c V_c^T with S_c = R_c T_c T_c^T R_c^T, R_c R_c^T the inverse
-    of the jittered Gram matrix V_c^T A V_c, T_c = I + X_c scaled to spectral norm <= 1; the coarse part
-    X <- X + E_d (I - A X) over the depths deep -> root -> deep; M = 2D - DAD + (I - DA) X (I - AD).
+    of the jittered Gram matrix V_c^T A V_c, T_c = I + X_c scaled to spectral norm <= 1, and for the leaves
+    E_L = sum_i Q_i G_i^-1 Q_i^T with G_i the jittered Q_i^T A Q_i; the coarse part X <- X + E_d (I - A X)
+    over the leaves, the depths deep -> root -> deep and the leaves again; M = 2D - DAD + (I - DA) X (I - AD).
     k (nl, nb, nb), x (clusters, r, r): the network's outputs (None: zero, the untrained network)."""
     p = partition(system.nx, system.ny, cfg.leaf_size)
     space = coarse_space(p, cfg.segments, cfg.rank)
@@ -115,23 +116,35 @@ def _reference(system, cfg, k=None, x=None, jitter=1e-6, galerkin_jitter=1e-3):
         di = cfg.smoothing / (lam + cfg.eps) * (b @ b.T + cfg.eps * torch.linalg.inv(blocks[i]))
         d_full[cells[:, None], cells] = di[inside][:, inside]
     eye = torch.eye(n, dtype=torch.float64)
+
+    def inverse_factor(v):       # R with R R^T the inverse of the jittered Gram matrix of the functions v
+        gram = v.T @ a @ v
+        tr = float(gram.diagonal().mean())
+        gram = gram + torch.diag(galerkin_jitter * gram.diagonal() + 1e-8 * tr + (1.0 if tr <= 1e-300 else 0.0))
+        return torch.linalg.inv(torch.linalg.cholesky(gram)).T
+
+    leaf_step = torch.zeros(n, n, dtype=torch.float64)
+    for i in range(p.n_leaves):
+        cells, inside = _leaf_cells(p, i)
+        q = torch.zeros(n, basis.shape[-1], dtype=torch.float64)
+        q[cells] = basis[i][inside]
+        r = inverse_factor(q)
+        leaf_step += q @ r @ r.T @ q.T
     steps, first = [], 0
     for d in range(p.depth):
         e = torch.zeros(n, n, dtype=torch.float64)
         for c in range(1 << d):
             vc = _cluster_functions(p, space, basis, d, c)
-            gram = vc.T @ a @ vc
-            tr = float(gram.diagonal().mean())
-            gram = gram + torch.diag(galerkin_jitter * gram.diagonal() + 1e-8 * tr + (1.0 if tr <= 1e-300 else 0.0))
-            r = torch.linalg.inv(torch.linalg.cholesky(gram)).T
+            r = inverse_factor(vc)
             t = torch.eye(cfg.rank, dtype=torch.float64) + (0 if x is None else x[first + c])
             t = t / max(1.0, float(torch.linalg.matrix_norm(t, ord=2)))
             e += vc @ r @ t @ t.T @ r.T @ vc.T
         steps.append(e)
         first += 1 << d
     coarse = torch.zeros(n, n, dtype=torch.float64)
-    for d in [*range(p.depth - 1, 0, -1), *range(p.depth)]:
-        coarse = coarse + steps[d] @ (eye - a @ coarse)
+    sequence = [leaf_step, *(steps[d] for d in [*range(p.depth - 1, 0, -1), *range(p.depth)]), leaf_step]
+    for step in sequence if p.depth else []:
+        coarse = coarse + step @ (eye - a @ coarse)
     f = eye - d_full @ a
     return 2 * d_full - d_full @ a @ d_full + f @ coarse @ f.T
 

@@ -137,14 +137,19 @@ def galerkin_factors(space: CoarseSpace, coupling: torch.Tensor, jitter: float =
     ac = (coupling.transpose(1, 2).reshape(nl, nb, 5 * nb) @ near).view(nl, nb, depth, r).permute(2, 0, 1, 3)
     gram = torch.cat([c[d].reshape(1 << d, -1, r).transpose(1, 2) @ ac[d].reshape(1 << d, -1, r)
                       for d in range(depth)])
+    return list(inverse_factor(gram, jitter).split([1 << d for d in range(depth)]))
+
+
+def inverse_factor(gram: torch.Tensor, jitter: float = 1e-3) -> torch.Tensor:
+    """R (b, k, k) with R R^T = (G + jitter diag(G) + floor)^-1 for symmetric PSD Gram matrices G (b, k, k),
+    the regularisation of galerkin_factors; float64."""
     gram = 0.5 * (gram + gram.transpose(1, 2))
     energy = gram.diagonal(dim1=1, dim2=2)
     tr = energy.mean(-1)
     empty = (tr <= torch.finfo(gram.dtype).tiny).to(gram.dtype)                 # all-padding clusters
-    eye = torch.eye(r, dtype=gram.dtype, device=gram.device)
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
     chol = torch.linalg.cholesky(gram + torch.diag_embed(jitter * energy + (1e-8 * tr + empty)[:, None]))
-    inv = torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)  # L^-1
-    return list(inv.transpose(1, 2).split([1 << d for d in range(depth)]))
+    return torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False).transpose(1, 2)   # L^-T
 
 
 def gram_root(chol: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
@@ -167,6 +172,7 @@ class Analytic:
     coupling: torch.Tensor          # (nl, 5, nb, nb) Q^T A Q in blocks, see basis_coupling
     gram_root: torch.Tensor         # (nl, 2 nb, 2 nb) float64: G^1/2 of G = [L^T Q, Q]^T [L^T Q, Q], see gram_root
     galerkin: list[torch.Tensor]    # per depth (2^d, r, r): R_c, see galerkin_factors
+    leaf_galerkin: torch.Tensor     # (nl, nb, nb) R_i with R_i R_i^T = (Q_i^T A_ii Q_i)^-1, see inverse_factor
 
     @classmethod
     def build(cls, system: PoissonSystem, space: CoarseSpace, dtype: torch.dtype = torch.float32,
@@ -183,8 +189,10 @@ class Analytic:
         operators = torch.cat([torch.cholesky_inverse(chol), basis, reduced], -1)
         coupling = basis_coupling(unique, part, basis, sources, index, jitter)
         galerkin = galerkin_factors(space, coupling)
+        leaf_galerkin = inverse_factor(coupling[:, 0])
         real = stencil[5]
         mean_d = (stencil[0] * real).sum(1) / real.sum(1).clamp_min(1)
         scale = torch.where(mean_d > 0, mean_d, torch.ones_like(mean_d)).rsqrt()
         return cls(stencil.to(dtype), operators.to(dtype), index, basis.to(dtype)[index], scale.to(dtype),
-                   coupling.to(dtype), gram_root(chol, basis)[index], [g.to(dtype) for g in galerkin])
+                   coupling.to(dtype), gram_root(chol, basis)[index], [g.to(dtype) for g in galerkin],
+                   leaf_galerkin.to(dtype))

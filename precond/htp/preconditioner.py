@@ -104,7 +104,8 @@ class HTP:
         eye = torch.eye(cfg.rank, dtype=cluster_corr.dtype, device=cluster_corr.device)
         t = (eye + cluster_corr).split([r.shape[0] for r in an.galerkin])
         hm = HMatrix(space, an.stencil, an.leaf_operators, an.distinct_index, an.basis, an.coupling, an.gram_root,
-                     an.scale[:, None, None] * leaf_corr, an.galerkin, list(t), cfg.smoothing, cfg.eps)
+                     an.scale[:, None, None] * leaf_corr, an.galerkin, an.leaf_galerkin, list(t),
+                     cfg.smoothing, cfg.eps)
         return hm, (leaf_corr, cluster_corr)
 
     def setup(self, system: PoissonSystem) -> None:
