@@ -7,8 +7,8 @@ per velocity component, its velocity and affine part (c_u, c_v) from the project
 splats `u_p + c_p . (x_face - x_p)` back onto the faces around its new position (P2G). The affine
 part (the gradient of the bilinear interpolant) is what keeps the transfers from averaging rotation
 and shear away, as PIC does. Bilinear rather than Jiang et al.'s quadratic B-splines: on the
-sloshing tank (sim.validate) the quadratic 3 x 3 stencil, mass-weighted as below, lost no less
-energy per period than the bilinear one and cost 1.5 times as much.
+sloshing tank (sim.validate) the quadratic 3 x 3 stencil, with mass-weighted transfers, lost no
+less energy per period than the bilinear one and cost 1.5 times as much.
 
 Both transfers are weighted by mass, not by volume: a particle weighs the density its level-set
 value gives (water `ratio`, air 1) and a face the density of its two cells' fraction rule (as
@@ -61,8 +61,8 @@ def bytes_per_capacity_cell() -> int:
 @ti.data_oriented
 class Particles:
     """Positions `x` (cells) of the `n[0]` live particles (n[1]: maintain's running count); per cell `count`;
-    per face the P2G sums in fixed point: volume weight `wu`, `wv`, mass weight `ru`, `rv` and momentum
-    `mu`, `mv`."""
+    per face the density `du`, `dv` (float) and P2G's sums in fixed point: mass `ru`, `rv` and momentum `mu`,
+    `mv`."""
 
     def __init__(self, capx: int, capy: int) -> None:
         self.capx, self.capy = capx, capy
@@ -129,8 +129,8 @@ def gather(q: ti.template(), rho: ti.template(), gx: ti.f32, gy: ti.f32, sx: ti.
     same weights was measured too: it needs a floor on its second moment (which vanishes where a particle
     sits on a row of samples), and the floor that kept it from gaining energy on the sloshing tank halves c
     in the bulk: a box's steady vortex mode then lost 26 % of its energy in 60 frames, against 2.5 %.
-    Samples beyond the range repeat the
-    nearest one (free slip for tangential velocity; the wall faces' own 0 for the normal one)."""
+    Samples beyond the range repeat the nearest one (free slip for tangential velocity; the wall faces' own 0
+    for the normal one)."""
     wx = _hat(gx)
     wy = _hat(gy)
     i0 = ti.cast(ti.floor(gx), ti.i32)
@@ -154,6 +154,7 @@ def gather(q: ti.template(), rho: ti.template(), gx: ti.f32, gy: ti.f32, sx: ti.
 
 @ti.func
 def _fixed(x: ti.f32) -> ti.i64:
+    """x in P2G's fixed-point units (truncated towards zero: any rounding will do, the same in every order)."""
     return ti.cast(x * FIXED, ti.i64)
 
 
