@@ -358,7 +358,7 @@ class Simulation:
         self._guard(advect_and_add_gravity(self._grid, dt / h, self._scene.gravity * dt, BAND_CELLS * h),
                     "in the state before the substep")
         if self._particles is not None:
-            apic.transfer(self._grid, self._particles, dt / h, self._scene.gravity * dt)
+            apic.transfer(self._grid, self._particles, dt / h, self._scene.gravity * dt, self.ratio)
 
     def _move_solids(self, dt: float) -> None:
         """Bodies to where they are at the end of the substep, cells marked, u* set on the solids' faces."""
