@@ -26,7 +26,7 @@ positions (the R2 sequence) inside the cell, each taking the side phi gives it t
 
 What it does not do: keep features thinner than a cell. Where bubbles break up under the grid's
 resolution (the bubbles scene at 64x96 after about 0.25 s) it keeps the air worse than the level set
-alone (the README's Validation section has the figures); a resolved small bubble (5 cells across) it keeps
+alone (the README's Validation section has the figures); a resolved small bubble (radius 4.8 cells) it keeps
 about twice as well.
 
 Positions are in cell units as in sim.advect, radii in cells, phi in domain units. Kernels take the grid
@@ -100,7 +100,7 @@ class Markers:
 
 
 @ti.func
-def _phi_cells(s: ti.template(), q: ti.template(), p: ti.math.vec2, nx: ti.i32, ny: ti.i32) -> ti.f32:
+def _phi_cells(q: ti.template(), p: ti.math.vec2, nx: ti.i32, ny: ti.i32) -> ti.f32:
     """The level set q at point p (cells), in cells."""
     return bilerp(q, p.x - 0.5, p.y - 0.5, nx, ny) * ti.cast(ny, ti.f32)
 
@@ -132,7 +132,7 @@ def _correct(s: ti.template(), ms: ti.template(), q: ti.template(), dphi: ti.f32
     for k in range(ms.n[0]):
         p = ms.x[k]
         r = ms.r[k]
-        phi = _phi_cells(s, q, p, nx, ny)
+        phi = _phi_cells(q, p, nx, ny)
         if r * phi < 0.0 and ti.abs(phi) > ti.abs(r):  # escaped
             side = ti.math.sign(r)
             i0 = ti.cast(ti.floor(p.x - 0.5), ti.i32)
@@ -184,7 +184,7 @@ def maintain(s: ti.template(), ms: ti.template(), dphi: ti.f32, seed: ti.i32, re
     for k in range(ms.n[0]):
         r = ms.r[k]
         side = ti.math.sign(r)
-        phi = _phi_cells(s, s.phi, ms.x[k], nx, ny)
+        phi = _phi_cells(s.phi, ms.x[k], nx, ny)
         if side * phi < -DROP_ESCAPED * ti.abs(r):  # one the correction could not hold: r = 0, out of use
             ms.r[k] = 0.0
         elif side * phi >= -ti.abs(r):  # escaped particles keep their radius
@@ -199,7 +199,7 @@ def maintain(s: ti.template(), ms: ti.template(), dphi: ti.f32, seed: ti.i32, re
             r = ms.r[k]
             i = ti.min(ti.cast(p.x, ti.i32), nx - 1)
             j = ti.min(ti.cast(p.y, ti.i32), ny - 1)
-            phi = _phi_cells(s, s.phi, p, nx, ny)
+            phi = _phi_cells(s.phi, p, nx, ny)
             if r != 0.0 and ti.abs(phi) < BAND + 1.0 and ms.count[i, j] < MAX_PER_CELL and is_fluid(s, i, j):
                 ms.count[i, j] += 1
                 ms.x[ms.n[1]] = p
@@ -217,7 +217,7 @@ def maintain(s: ti.template(), ms: ti.template(), dphi: ti.f32, seed: ti.i32, re
                     if k < ms.capacity:
                         p = ti.math.vec2(i, j) + _r2(ti.cast(c * TARGET_PER_CELL + slot, ti.u32)
                                                      + ti.cast(seed, ti.u32) * ti.u32(0x9E3779B9))
-                        phi = _phi_cells(s, s.phi, p, nx, ny)
+                        phi = _phi_cells(s.phi, p, nx, ny)
                         ms.x[k] = p
                         ms.r[k] = _radius(phi, 1.0 if phi >= 0.0 else -1.0)
                         ms.n[0] = k + 1

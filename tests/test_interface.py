@@ -100,7 +100,7 @@ def test_hydrostatic_rest_at_1000_to_1_with_the_particle_level_set(top, transpor
 
 
 def _bubble_change(interface):
-    """Largest |water area change| / bubble area of a bubble 4.8 cells across rising at 1,000:1 for 15 frames,
+    """Largest |water area change| / bubble area of a bubble of radius 4.8 cells rising at 1,000:1 for 15 frames,
     volume correction off."""
     radius = 0.1
     sim = _sim(_pool(0.8) + [{"type": "circle", "center": [1 / 3, 0.25], "radius": radius, "phase": "air"}],
