@@ -110,8 +110,9 @@ def _seed(s: ti.template(), nx: ti.i32, ny: ti.i32, h: ti.f32):
     Smereka's (2000) subcell estimate, with |grad phi| h the largest of the central-difference gradient's
     length and the one-sided differences (|phi_n - phi| for each fluid neighbour n), so that a thin feature,
     whose central differences vanish, is not blown up. A distance function is left as it is, and where
-    neighbours are rescaled alike the crossing between them stays where it was: the interface keeps its
-    place (and its area) through the reinitialisation."""
+    neighbours are rescaled alike the crossing between them stays where it was (on a curved interface the
+    two sides are rescaled a little differently: a bubble of 3 to 8 cells' radius at rest gains about 0.1 %
+    of its area a frame)."""
     for i in range(nx):
         for j in range(ny):
             c = s.phi[i, j]
