@@ -103,6 +103,7 @@ def _main(argv: list[str] | None, stop: StopRequest) -> int:
         nx, ny = scene.grid.nx, scene.grid.ny
         frames = args.frames or HEADLESS_FRAMES
         memory.check(nx, ny, scene.solver.method, what=f"grid {nx}x{ny}", particles=scene.transport == "apic",
+                     markers=scene.interface == "particle_level_set",
                      extra=memory_parts(nx, ny, headless=args.headless, frames=frames,
                                         pictures=bool(args.record or args.screenshot)))
     except (SceneError, memory.MemoryLimitError) as err:

@@ -2,8 +2,9 @@
 water volume and the global volume correction.
 
 Reinitialisation keeps the interface where it is and rebuilds the distance around it: cells
-with a sign change to a neighbour get their distance to the interface reconstructed from the zero
-crossings on their edges (which it leaves in place) and stay fixed, then Jacobi iterations of the Godunov
+with a sign change to a neighbour get their distance to the interface from phi and its gradient
+there (Russo & Smereka's subcell fix, which leaves a distance function and its zero crossings
+in place) and stay fixed, then Jacobi iterations of the Godunov
 update solve the Eikonal equation |grad phi| = 1 outwards, one ring of cells per iteration. Three
 a frame keep the band that matters (face fractions, volume, the MacCormack band) a distance; the
 far field, warm-started by advection, converges over frames. All of it is one kernel launch.
@@ -82,6 +83,16 @@ def smoothed_delta(phi_cells: ti.f32) -> ti.f32:
 
 
 @ti.func
+def measure(s: ti.template(), i: ti.i32, j: ti.i32, phi_cells: ti.f32) -> ti.math.vec2:
+    """(water fraction, smoothed delta) of cell (i, j) where phi is phi_cells (0 in solid cells): its share of
+    the water volume and of the interface length, in cells."""
+    out = ti.math.vec2(0.0)
+    if is_fluid(s, i, j):
+        out = ti.math.vec2(water_fraction(phi_cells), smoothed_delta(phi_cells))
+    return out
+
+
+@ti.func
 def eikonal(a: ti.f32, b: ti.f32, h: ti.f32) -> ti.f32:
     """Godunov solution d of ((d-a)+)^2 + ((d-b)+)^2 = h^2 from the nearest x and y neighbour distances a, b."""
     d = ti.min(a, b) + h
@@ -91,45 +102,41 @@ def eikonal(a: ti.f32, b: ti.f32, h: ti.f32) -> ti.f32:
 
 
 @ti.func
-def _crossing(c: ti.f32, n: ti.f32, d: ti.f32) -> ti.f32:
-    """min(d, the fraction of the way from c to neighbour n where phi crosses zero) if the sign changes."""
-    out = d
-    if c * n < 0.0:
-        out = ti.min(d, c / (c - n))
-    return out
-
-
-@ti.func
 def _seed(s: ti.template(), nx: ti.i32, ny: ti.i32, h: ti.f32):
     """phi_a = distance to the interface at cells next to it (fixed = 1), phi elsewhere (fixed = 0; solid
     cells: fixed = 1, phi as it is).
 
-    The interface crosses a cell's edges where linear interpolation of phi vanishes; with the
-    nearest crossings at fractions dx (along x) and dy (along y) of a cell, the distance is dx dy /
-    sqrt(dx^2 + dy^2) (the line through both), or dx or dy alone. The crossings stay where they were.
-    """
+    A cell next to the interface (a sign change to a fluid neighbour) gets phi h / |grad phi|: Russo &
+    Smereka's (2000) subcell estimate, with |grad phi| h the largest of the central-difference gradient's
+    length and the one-sided differences (|phi_n - phi| for each fluid neighbour n), so that a thin feature,
+    whose central differences vanish, is not blown up. A distance function is left as it is, and where
+    neighbours are rescaled alike the crossing between them stays where it was (on a curved interface the
+    two sides are rescaled a little differently: a bubble of 3 to 8 cells' radius at rest gains about 0.1 %
+    of its area a frame)."""
     for i in range(nx):
         for j in range(ny):
             c = s.phi[i, j]
             fluid = is_fluid(s, i, j)
-            dx = 2.0
-            dy = 2.0
-            if fluid:
-                if i > 0 and is_fluid(s, i - 1, j):
-                    dx = _crossing(c, s.phi[i - 1, j], dx)
-                if i < nx - 1 and is_fluid(s, i + 1, j):
-                    dx = _crossing(c, s.phi[i + 1, j], dx)
-                if j > 0 and is_fluid(s, i, j - 1):
-                    dy = _crossing(c, s.phi[i, j - 1], dy)
-                if j < ny - 1 and is_fluid(s, i, j + 1):
-                    dy = _crossing(c, s.phi[i, j + 1], dy)
-            crossing = fluid and (c == 0.0 or dx < 2.0 or dy < 2.0)
+            w = c  # neighbours that are not fluid (or beyond the walls) count as c: no crossing, no difference
+            e = c
+            south = c
+            north = c
+            if i > 0 and is_fluid(s, i - 1, j):
+                w = s.phi[i - 1, j]
+            if i < nx - 1 and is_fluid(s, i + 1, j):
+                e = s.phi[i + 1, j]
+            if j > 0 and is_fluid(s, i, j - 1):
+                south = s.phi[i, j - 1]
+            if j < ny - 1 and is_fluid(s, i, j + 1):
+                north = s.phi[i, j + 1]
+            crossing = fluid and (c == 0.0 or c * w < 0.0 or c * e < 0.0 or c * south < 0.0 or c * north < 0.0)
             out = c
             if crossing:
-                d = ti.min(dx, dy)
-                if dx < 2.0 and dy < 2.0:
-                    d = dx * dy / ti.max(ti.sqrt(dx * dx + dy * dy), 1e-12)
-                out = ti.math.sign(c) * d * h
+                gx = 0.5 * (e - w) if (i > 0 and i < nx - 1) else e - w
+                gy = 0.5 * (north - south) if (j > 0 and j < ny - 1) else north - south
+                grad = ti.max(ti.sqrt(gx * gx + gy * gy), ti.abs(e - c), ti.abs(c - w), ti.abs(north - c),
+                              ti.abs(c - south), 1e-6 * h)
+                out = c * h / grad
             s.phi_a[i, j] = out
             s.fixed[i, j] = ti.cast(crossing or not fluid, ti.u8)
 
@@ -179,16 +186,13 @@ the fluid cells.
     vol = 0.0
     length = 0.0
     for i in range(nx):
-        row_vol = 0.0  # per-row partial sums: one atomic add per row
-        row_len = 0.0
+        row = ti.math.vec2(0.0)  # per-row partial sums: one atomic add per row
         for j in range(ny):
             out = _godunov(s, s.phi_a, i, j, nx, ny, h, cap) + dphi
             s.phi[i, j] = out
-            if is_fluid(s, i, j):
-                row_vol += water_fraction(out / h)
-                row_len += smoothed_delta(out / h)
-        vol += row_vol
-        length += row_len
+            row += measure(s, i, j, out / h)
+        vol += row[0]
+        length += row[1]
     return ti.math.vec2(vol, length)
 
 

@@ -26,6 +26,7 @@ PROCESS_BYTES = 450_000_000  # resident after importing torch and Taichi and sta
 #                               a whole headless dam break at 128x64 with mgpcg peaks at 408 MB)
 FIELD_BYTES = 54  # per (capx + 1) x (capy + 1) cell: sim.grid.bytes_per_capacity_cell()
 PARTICLE_BYTES = 108  # the same, for APIC's particles: sim.apic.bytes_per_capacity_cell()
+MARKER_BYTES = 108  # the same, for the particle level set's markers: sim.pls.bytes_per_capacity_cell()
 FRAME_BYTES = 88  # per cell: system, b and the unknowns mask (40), pressure and first guess (16), display fields (32)
 RESET_BYTES = 200  # per cell: the peak numpy arrays of a reset or resize (measured: 120 to 170)
 FALLBACK = "mgpcg"  # what precond.Solver falls back to
@@ -56,11 +57,12 @@ class Estimate:
 
 
 def estimate(nx: int, ny: int, method: str, *, process: bool = True,
-             extra: Optional[Mapping[str, int]] = None, particles: bool = False) -> Estimate:
+             extra: Optional[Mapping[str, int]] = None, particles: bool = False, markers: bool = False) -> Estimate:
     """What an nx x ny run with solver `method` needs; `process`: count the process itself (a run not
-    started yet); `extra`: the caller's own parts; `particles`: the run uses APIC's particles."""
+    started yet); `extra`: the caller's own parts; `particles`: the run uses APIC's particles; `markers`:
+    the particle level set's."""
     cells = nx * ny
-    per_capacity_cell = FIELD_BYTES + (PARTICLE_BYTES if particles else 0)
+    per_capacity_cell = FIELD_BYTES + (PARTICLE_BYTES if particles else 0) + (MARKER_BYTES if markers else 0)
     sim = per_capacity_cell * (capacity(nx) + 1) * (capacity(ny) + 1) + (FRAME_BYTES + RESET_BYTES) * cells
     solver = estimate_memory(method, nx, ny) + (estimate_memory(FALLBACK, nx, ny) if method != FALLBACK else 0)
     parts = {"process": PROCESS_BYTES} if process else {}
@@ -102,12 +104,12 @@ def available() -> tuple[Optional[int], str]:
 
 
 def check(nx: int, ny: int, method: str, *, process: bool = True, extra: Optional[Mapping[str, int]] = None,
-          what: str = "", particles: bool = False) -> Estimate:
+          what: str = "", particles: bool = False, markers: bool = False) -> Estimate:
     """The estimate, or MemoryLimitError (one line naming it and what is available) if it does not fit.
 
     `what` starts the message (e.g. '--grid 2048x2048'); where the free memory cannot be told
     (no /proc), nothing is refused."""
-    need = estimate(nx, ny, method, process=process, extra=extra, particles=particles)
+    need = estimate(nx, ny, method, process=process, extra=extra, particles=particles, markers=markers)
     free, source = available()
     if free is not None and need.total > free:
         label = what or f"a {nx}x{ny} grid"

@@ -20,6 +20,7 @@ with x to the right and y up. Every field but `shapes` is optional; the ranges a
     time: {frame_dt: 1/60, cfl: 3, max_substeps: 8}
     volume_correction: true         # keep the water volume by a global level-set shift each frame
     transport: semi_lagrangian      # velocity transport (TRANSPORTS)
+    interface: level_set            # interface capturing (INTERFACES): level_set or particle_level_set
 
 Shapes: `phase` is water (default), air or solid; `velocity` (m/s, optional) sets the initial velocity
 inside a water or air shape. Water and air shapes also clear the solid under them, so a later
@@ -52,6 +53,7 @@ Vec2 = tuple[float, float]
 PHASES = ("water", "air", "solid")
 TOPS = ("wall", "open")
 TRANSPORTS = ("semi_lagrangian", "apic")  # velocity transport schemes (sim.advect, sim.apic)
+INTERFACES = ("level_set", "particle_level_set")  # interface capturing: the level set alone, or with marker particles (sim.pls)
 POLYGON_POINTS = 256  # corners a polygon may have
 MAX_BODIES = 8  # moving solids (shapes with motion) in a scene, and bodies the mouse may add
 _NUMBER_TEXT = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
@@ -210,6 +212,7 @@ class Scene:
     time: TimeSettings = field(default_factory=TimeSettings)
     volume_correction: bool = True
     transport: str = TRANSPORTS[0]
+    interface: str = INTERFACES[0]
     source: str = "<scene>"
 
     @property
@@ -384,7 +387,7 @@ def _shape(r: _Reader, raw: Any, path: str) -> Shape:
 
 
 _TOP_KEYS = ("name", "description", "grid", "ratio", "gravity", "boundary", "shapes", "solver", "time",
-             "volume_correction", "transport")
+             "volume_correction", "transport", "interface")
 
 
 def parse_scene(data: Any, source: str, *, methods: Collection[str], default_name: str = "scene") -> Scene:
@@ -428,6 +431,7 @@ def parse_scene(data: Any, source: str, *, methods: Collection[str], default_nam
         time=time,
         volume_correction=r.boolean(m.get("volume_correction", True), "volume_correction"),
         transport=r.choice(m.get("transport", Scene.transport), "transport", TRANSPORTS),
+        interface=r.choice(m.get("interface", Scene.interface), "interface", INTERFACES),
         source=source,
     )
 

@@ -2,13 +2,14 @@
 
 A frame of `scene.time.frame_dt` is split into substeps by the CFL condition (velocity and
 gravity), at most `max_substeps`. Each substep advects velocity (the scene's `transport`:
-semi-Lagrangian, or APIC with particles, sim.apic) and the level set (MacCormack), adds gravity,
+semi-Lagrangian, or APIC with particles, sim.apic) and the level set (MacCormack; with the scene's
+`interface: particle_level_set`, marker particles then correct it, sim.pls), adds gravity,
 assembles A p = b (sim.projection), solves it with the precond solver (warm-started from the last
 pressure) and projects. Solids (sim.solids) are cells of the grid: each substep the bodies move to
 where they are at its end, the cells are marked, u* takes the solids' velocities on their faces
 before the system is assembled, and phi is extrapolated into the solid cells after the projection.
 After the last substep the level set is reinitialised and, if enabled, its
-volume corrected; APIC's particles are then culled and reseeded. Every kernel that reads or writes the
+volume corrected; APIC's particles and the marker particles are then culled and reseeded. Every kernel that reads or writes the
 state checks it (sim.checks): a non-finite or absurd value stops the step with SimulationError
 before it reaches the state. A frame whose substep cap forces a CFL number above limits.CFL.hi
 (what the advection tolerates) says so in its stats (`over_cfl`).
@@ -25,7 +26,7 @@ import torch
 import precond
 from precond import PoissonSystem, SolveResult
 
-from . import apic, backend, grid, levelset, limits, memory, solids
+from . import apic, backend, grid, levelset, limits, memory, pls, solids
 from .advect import advect_and_add_gravity
 from .checks import FLAG_NAMES, check
 from .fields import FIELD_NAMES, cell_fields
@@ -66,7 +67,8 @@ class Simulation:
     def __init__(self, scene: Scene, solver: precond.Solver, device: str = "cpu") -> None:
         """Raises memory.MemoryLimitError, before allocating the grid, if it does not fit in free memory."""
         backend.init(device)
-        memory.check(scene.grid.nx, scene.grid.ny, solver.method, process=False, particles=scene.transport == "apic")
+        memory.check(scene.grid.nx, scene.grid.ny, solver.method, process=False, particles=scene.transport == "apic",
+                     markers=scene.interface == "particle_level_set")
         self._scene = scene
         self.solver = solver
         self.device = device
@@ -78,6 +80,8 @@ class Simulation:
         self._grid = grid.acquire(self, self.nx, self.ny)  # the Taichi fields every kernel works on
         self._particles: Optional[apic.Particles] = (  # APIC's particles, at the grid's capacity
             grid.acquire(self, self.nx, self.ny, apic.Particles) if scene.transport == "apic" else None)
+        self._markers: Optional[pls.Markers] = (  # the particle level set's markers, at the grid's capacity
+            grid.acquire(self, self.nx, self.ny, pls.Markers) if scene.interface == "particle_level_set" else None)
         self._volume = 0.0  # water fraction of the domain at the last reinitialisation
         self._target = 0.0  # the volume the correction keeps: the scene's, plus water added since
         self._shift = 0.0  # the correction's shift of phi (domain units), due at the next reinitialisation
@@ -182,6 +186,13 @@ class Simulation:
         if self._particles is not None:
             self._particles.clear()
             apic.maintain(self._grid, self._particles, self.frame)
+        self._seed_markers()
+
+    def _seed_markers(self) -> None:
+        """The particle level set's markers afresh from phi as it is (after a reset, a resize, added water)."""
+        if self._markers is not None:
+            self._markers.clear()
+            pls.maintain(self._grid, self._markers, 0.0, self.frame, 1)
 
     # ------------------------------------------------------------------ controls
     def set_ratio(self, ratio: float) -> None:
@@ -207,7 +218,7 @@ class Simulation:
             _check_integer(name, n, limits.GRID_SIDE)
         nx, ny = int(nx), int(ny)
         memory.check(nx, ny, self.solver.method, process=False, what=f"grid {nx}x{ny}",
-                     particles=self._particles is not None)
+                     particles=self._particles is not None, markers=self._markers is not None)
         old, cells = self.state(), (self.nx, self.ny)
         if not self._grid.fits(nx, ny):
             grid.release(self._grid)
@@ -215,6 +226,9 @@ class Simulation:
             if self._particles is not None:
                 grid.release(self._particles)
                 self._particles = grid.acquire(self, nx, ny, apic.Particles)
+            if self._markers is not None:
+                grid.release(self._markers)
+                self._markers = grid.acquire(self, nx, ny, pls.Markers)
         self._grid.set_size(nx, ny, self._scene.open_top)
         self.nx, self.ny = nx, ny
         self._place_solids()
@@ -229,6 +243,7 @@ class Simulation:
         before = self._volume
         self._volume = float(levelset.reinitialize(self._grid, 0.0)[0]) / (self.nx * self.ny)
         self._target += self._volume - before
+        self._seed_markers()  # the air markers the disc covers would take it back
 
     def push(self, x: float, y: float, du: float, dv: float, radius: float) -> None:
         """Add velocity (du, dv) in m/s (each within limits.PUSH) within `radius` of (x, y), fading to the
@@ -294,6 +309,13 @@ class Simulation:
         """APIC's particles (0 with the semi-Lagrangian transport)."""
         return 0 if self._particles is None else self._particles.live()
 
+    def markers(self) -> tuple[np.ndarray, np.ndarray]:
+        """The particle level set's markers: positions (n, 2) and signed radii (n,), both in cells (+ air,
+        - water); empty with `interface: level_set`."""
+        if self._markers is None:
+            return np.zeros((0, 2), dtype=np.float32), np.zeros(0, dtype=np.float32)
+        return self._markers.positions(), self._markers.radii()
+
     def water_volume(self) -> float:
         """Water area as a fraction of the domain (smoothed over one cell at the interface)."""
         return self._volume
@@ -353,12 +375,15 @@ class Simulation:
 
     def _advect_and_add_gravity(self, dt: float) -> None:
         """u*, v* (gravity included) and phi_a from the state, which is checked on the way; with APIC the
-        particles' P2G replaces u*, v* where they cover the faces."""
+        particles' P2G replaces u*, v* where they cover the faces; with the particle level set the markers
+        move and correct phi_a."""
         h = self._h
         self._guard(advect_and_add_gravity(self._grid, dt / h, self._scene.gravity * dt, BAND_CELLS * h),
                     "in the state before the substep")
         if self._particles is not None:
             apic.transfer(self._grid, self._particles, dt / h, self._scene.gravity * dt, self.ratio)
+        if self._markers is not None:
+            pls.advect_and_correct(self._grid, self._markers, dt / h)
 
     def _move_solids(self, dt: float) -> None:
         """Bodies to where they are at the end of the substep, cells marked, u* set on the solids' faces."""
@@ -391,7 +416,12 @@ class Simulation:
         Volume correction: a global shift of phi by (V - V_target) / (interface length), at most
         MAX_SHIFT_CELLS a frame, applied with the next reinitialisation (one frame later)."""
         cells = self.nx * self.ny
-        vol, length = levelset.reinitialize(self._grid, self._shift)
+        if self._markers is None:
+            vol, length = levelset.reinitialize(self._grid, self._shift)
+        else:  # the markers correct phi after the reinitialisation too, and the shift comes after them
+            levelset.reinitialize(self._grid, 0.0)
+            reseed = (self.frame + 1) % pls.RESEED_FRAMES == 0
+            vol, length = pls.maintain(self._grid, self._markers, self._shift, self.frame + 1, int(reseed))
         self._volume = float(vol) / cells
         self._shift = 0.0
         if self._scene.volume_correction and length > 1.0:
