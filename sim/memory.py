@@ -25,7 +25,7 @@ GB = 1e9
 PROCESS_BYTES = 450_000_000  # resident after importing torch and Taichi and starting Taichi (measured: 333 MB;
 #                               a whole headless dam break at 128x64 with mgpcg peaks at 408 MB)
 FIELD_BYTES = 54  # per (capx + 1) x (capy + 1) cell: sim.grid.bytes_per_capacity_cell()
-PARTICLE_BYTES = 108  # the same, for APIC's particles: sim.apic.bytes_per_capacity_cell()
+PARTICLE_BYTES = 84  # the same, for APIC's particles: sim.apic.bytes_per_capacity_cell()
 MARKER_BYTES = 108  # the same, for the particle level set's markers: sim.pls.bytes_per_capacity_cell()
 FRAME_BYTES = 88  # per cell: system, b and the unknowns mask (40), pressure and first guess (16), display fields (32)
 RESET_BYTES = 200  # per cell: the peak numpy arrays of a reset or resize (measured: 120 to 170)

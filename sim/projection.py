@@ -27,20 +27,13 @@ from .solids import is_fluid
 
 
 @ti.func
-def water_share(a: ti.f32, b: ti.f32) -> ti.f32:
-    """theta, the water fraction of the face between cells with level-set values a and b."""
+def face_coefficient(a: ti.f32, b: ti.f32, inv_ratio: ti.f32) -> ti.f32:
+    """1/rho on the face between cells with level-set values a and b (rho_air = 1, rho_water = ratio)."""
     neg = ti.max(-a, 0.0) + ti.max(-b, 0.0)
     tot = ti.abs(a) + ti.abs(b)
     theta = 0.5
     if tot > 0.0:
         theta = neg / tot
-    return theta
-
-
-@ti.func
-def face_coefficient(a: ti.f32, b: ti.f32, inv_ratio: ti.f32) -> ti.f32:
-    """1/rho on the face between cells with level-set values a and b (rho_air = 1, rho_water = ratio)."""
-    theta = water_share(a, b)
     return theta * inv_ratio + (1.0 - theta)
 
 

@@ -381,7 +381,7 @@ class Simulation:
         self._guard(advect_and_add_gravity(self._grid, dt / h, self._scene.gravity * dt, BAND_CELLS * h),
                     "in the state before the substep")
         if self._particles is not None:
-            apic.transfer(self._grid, self._particles, dt / h, self._scene.gravity * dt, self.ratio)
+            apic.transfer(self._grid, self._particles, dt / h, self._scene.gravity * dt)
         if self._markers is not None:
             pls.advect_and_correct(self._grid, self._markers, dt / h)
 
